@@ -1,0 +1,72 @@
+"""Validation shared by the attacks: types, layers, gradients, tolerances."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..core import Update
+
+
+def check_model_update(model, update) -> None:
+    """Raise TypeError unless ``model`` is an nn.Module and ``update`` an Update."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(update, Update):
+        raise TypeError(
+            f"update must be a leakutils Update (from capture.client_update), got {type(update).__name__}")
+
+
+def find_layer(model: nn.Module, layer: str | None, kind=nn.Linear, *, last: bool = False,
+               hint: str = "") -> tuple[str, nn.Module]:
+    """Return ``(name, module)`` of the named layer, or of the first (``last``: last) of ``kind``."""
+    if layer is None:
+        found = [(n, m) for n, m in model.named_modules() if isinstance(m, kind)]
+        if not found:
+            raise ValueError(f"the model has no {kind.__name__} layer to attack. {hint}".strip())
+        return found[-1] if last else found[0]
+    if not isinstance(layer, str):
+        raise TypeError(f"layer must be a module name such as 'fc1', got {type(layer).__name__}")
+    try:
+        module = model.get_submodule(layer)
+    except AttributeError:
+        names = [n for n, m in model.named_modules() if isinstance(m, kind)]
+        raise ValueError(f"the model has no layer named {layer!r}; its {kind.__name__} layers are {names}") from None
+    if not isinstance(module, kind):
+        raise TypeError(f"layer {layer!r} is a {type(module).__name__}, not a {kind.__name__}. {hint}".strip())
+    return layer, module
+
+
+def layer_gradient(update: Update, name: str, param: torch.Tensor) -> torch.Tensor:
+    """The update's gradient of parameter ``name`` in float64, checked against ``param``."""
+    if name not in update.gradients:
+        raise ValueError(f"the update has no gradient for {name!r}; was it captured from this model? "
+                         f"It has {sorted(update.gradients)}")
+    g = update.gradients[name]
+    if not isinstance(g, torch.Tensor):
+        raise TypeError(f"the gradient of {name!r} must be a tensor, got {type(g).__name__}")
+    if g.shape != param.shape:
+        raise ValueError(f"the gradient of {name!r} has shape {tuple(g.shape)} but the parameter has "
+                         f"shape {tuple(param.shape)}: the update does not come from this model")
+    g = g.detach().to(torch.float64)
+    if not torch.isfinite(g).all():
+        raise ValueError(f"the gradient of {name!r} contains NaN or infinite values")
+    return g
+
+
+def feeds_on_input(model: nn.Module, name: str, in_features: int, input_shape) -> bool:
+    """True when layer ``name`` sees the model's input (only parameter-free modules before it)."""
+    for n, m in model.named_modules():
+        if n == name:
+            break
+        if not any(True for _ in m.children()) and any(True for _ in m.parameters(recurse=False)):
+            return False
+    return math.prod(input_shape) == in_features
+
+
+def check_rtol(rtol: float) -> float:
+    """Validate a relative tolerance in (0, 1)."""
+    if not isinstance(rtol, (int, float)) or not 0 < rtol < 1:
+        raise ValueError(f"rtol must be a number in (0, 1), e.g. 1e-6, got {rtol!r}")
+    return float(rtol)

@@ -1,0 +1,114 @@
+"""What a federated-learning client sends: the FedSGD update.
+
+In FedSGD (McMahan et al. 2017) a client computes the gradient of its mean loss over its
+batch at the current global weights and sends it to the server. That gradient is all the
+gradient-inversion attacks of the course see.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .core import Update
+
+__all__ = ["client_update"]
+
+
+def client_update(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                  *, per_sample: bool = False) -> Update:
+    """Compute the update a client shares: every parameter's gradient averaged over the batch.
+
+    The model's weights are not changed and its ``.grad`` fields are left untouched; the
+    model is used in whatever mode (``train``/``eval``) it is in.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The global model, as the server sent it.
+    x : torch.Tensor
+        The client's private batch, shape ``(M, *input_shape)``, same floating dtype as the
+        model (use ``torch.float64`` for exact analytic attacks), values in the data's range.
+    y : torch.Tensor
+        Labels, shape ``(M,)``, int64 class indices in ``[0, num_classes)`` for the default
+        loss; whatever ``loss_fn`` expects otherwise.
+    loss_fn : callable, optional
+        ``loss_fn(logits, y)`` returning the *mean* loss over the batch (a 0-dim tensor).
+        Default: softmax cross-entropy, ``torch.nn.functional.cross_entropy``.
+    per_sample : bool
+        Also return each sample's own gradient (a teaching aid: a real client sends only the
+        average). Costs one backward pass per sample.
+
+    Returns
+    -------
+    Update
+        ``gradients`` (name -> averaged gradient, the parameter's shape and dtype),
+        ``batch_size`` M, ``loss`` (mean loss, float), ``input_shape`` and, if requested,
+        ``per_sample`` (name -> tensor of shape ``(M, *param.shape)``).
+
+    Raises
+    ------
+    TypeError
+        ``model`` not an ``nn.Module``; ``x``/``y`` not tensors; ``x`` of a dtype other than the
+        model's.
+    ValueError
+        Empty batch, ``x`` and ``y`` of different lengths, labels outside the number of
+        classes, a model without trainable parameters, a loss that is not a finite scalar.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError("x and y must be torch tensors (images (M, C, H, W) and labels (M,))")
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters, so there is no gradient to share")
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise ValueError(f"x must be a non-empty batch of shape (M, ...), got shape {tuple(x.shape)}")
+    if y.ndim == 0 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"y must have one entry per sample: x has {x.shape[0]}, y has shape {tuple(y.shape)}")
+    dtype = params[0][1].dtype
+    if x.dtype != dtype:
+        raise TypeError(
+            f"x is {x.dtype} but the model is {dtype}: convert one of them, e.g. x.to({dtype}) "
+            f"or model.to({x.dtype})")
+    if loss_fn is None:
+        if y.dtype != torch.int64:
+            raise TypeError(f"labels for cross-entropy must be int64 class indices, got {y.dtype}")
+        loss_fn = _cross_entropy
+
+    names = [n for n, _ in params]
+    tensors = [p for _, p in params]
+
+    def grads_of(xb, yb):
+        loss = loss_fn(model(xb), yb)
+        if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+            raise ValueError("loss_fn must return a 0-dim tensor: the mean loss over the batch")
+        if not torch.isfinite(loss):
+            raise ValueError(f"the loss is not finite ({float(loss.detach())}); check the inputs and weights")
+        return loss, torch.autograd.grad(loss, tensors, allow_unused=True)
+
+    loss, grads = grads_of(x, y)
+    gradients = {n: (g if g is not None else torch.zeros_like(p)).detach()
+                 for n, p, g in zip(names, tensors, grads)}
+    per = None
+    if per_sample:
+        stacks = {n: [] for n in names}
+        for i in range(x.shape[0]):
+            _, gi = grads_of(x[i:i + 1], y[i:i + 1])
+            for n, p, g in zip(names, tensors, gi):
+                stacks[n].append((g if g is not None else torch.zeros_like(p)).detach())
+        per = {n: torch.stack(v) for n, v in stacks.items()}
+    return Update(gradients=gradients, batch_size=int(x.shape[0]), loss=float(loss.detach()),
+                  input_shape=tuple(x.shape[1:]), per_sample=per)
+
+
+def _cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean softmax cross-entropy, with a clear error for labels outside the logits."""
+    classes = logits.shape[-1]
+    if int(y.min()) < 0 or int(y.max()) >= classes:
+        raise ValueError(f"labels must lie in [0, {classes}) for a model with {classes} outputs, "
+                         f"got values {int(y.min())}..{int(y.max())}")
+    return F.cross_entropy(logits, y)

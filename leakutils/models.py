@@ -1,0 +1,258 @@
+"""The networks the chapters attack, and the weight initialisations the papers use.
+
+Layers carry readable names (``fc1``, ``act1``, ``conv2``, ``out`` ...), so a gradient in an
+:class:`leakutils.core.Update` is found as ``update["fc1.weight"]``.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["ACTIVATIONS", "ArcTan", "make_activation", "MLP", "LeNet", "init_weights", "count_parameters"]
+
+
+class ArcTan(nn.Module):
+    """Elementwise ``arctan``: output in ``(-pi/2, pi/2)``, derivative ``1 / (1 + O^2)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return torch.atan(x)
+
+
+#: Activation names accepted by :func:`make_activation` and the models' ``activation`` argument.
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "prelu": nn.PReLU,
+    "elu": nn.ELU,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "arctan": ArcTan,
+    "softplus": nn.Softplus,
+    "identity": nn.Identity,
+}
+
+
+def make_activation(name: str, **kwargs) -> nn.Module:
+    """Build an activation module by name.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`ACTIVATIONS`.
+    **kwargs
+        Passed to the module, e.g. ``negative_slope=0.2`` for ``"leaky_relu"`` (R-CONV and
+        R-GAP use 0.2; PyTorch's default is 0.01), ``alpha`` for ``"elu"``, ``init`` for
+        ``"prelu"``.
+
+    Raises
+    ------
+    ValueError
+        Unknown name (the message lists the known ones).
+    TypeError
+        Keyword arguments the activation does not take.
+    """
+    if not isinstance(name, str) or name.lower() not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+    try:
+        return ACTIVATIONS[name.lower()](**kwargs)
+    except TypeError as err:
+        raise TypeError(f"activation {name!r} does not accept {sorted(kwargs)}: {err}") from None
+
+
+def _check_shape(input_shape) -> tuple[int, ...]:
+    if isinstance(input_shape, int) and not isinstance(input_shape, bool):
+        input_shape = (input_shape,)
+    try:
+        shape = tuple(int(s) for s in input_shape)
+    except TypeError:
+        raise TypeError(f"input_shape must be an int or a tuple such as (1, 28, 28), got {input_shape!r}") from None
+    if not shape or any(s < 1 for s in shape):
+        raise ValueError(f"input_shape must be non-empty and positive, got {input_shape!r}")
+    return shape
+
+
+def _check_dtype(dtype):
+    if dtype not in (None, torch.float32, torch.float64):
+        raise TypeError(f"dtype must be torch.float32, torch.float64 or None, got {dtype}")
+
+
+class MLP(nn.Sequential):
+    """A fully connected network ``flatten -> fc1 -> act1 -> ... -> out`` for classification.
+
+    Parameters
+    ----------
+    input_shape : int or tuple of int
+        Shape of one input, e.g. ``(1, 28, 28)`` for MNIST; it is flattened first.
+    widths : sequence of int
+        Hidden layer widths, e.g. ``(256,)``; may be empty (a linear classifier).
+    num_classes : int
+        Number of logits of the output layer ``out``.
+    activation : str
+        Activation after every hidden layer (see :data:`ACTIVATIONS`).
+    bias : bool
+        Whether every linear layer has a bias. The bias ratio needs one (Chapter 1).
+    dtype : torch.dtype, optional
+        ``torch.float64`` for exact analytic attacks.
+    **activation_kwargs
+        Passed to :func:`make_activation`.
+
+    Attributes
+    ----------
+    input_shape : tuple of int
+
+    Raises
+    ------
+    ValueError, TypeError
+        Non-positive sizes, unknown activation, unsupported dtype.
+    """
+
+    def __init__(self, input_shape, widths: Sequence[int] = (256,), num_classes: int = 10,
+                 activation: str = "relu", bias: bool = True, dtype: torch.dtype | None = None,
+                 **activation_kwargs):
+        shape = _check_shape(input_shape)
+        _check_dtype(dtype)
+        widths = tuple(widths)
+        if any(not isinstance(w, int) or w < 1 for w in widths):
+            raise ValueError(f"widths must be positive integers, got {widths!r}")
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
+        width = math.prod(shape)
+        for i, w in enumerate(widths, start=1):
+            layers.append((f"fc{i}", nn.Linear(width, w, bias=bias)))
+            layers.append((f"act{i}", make_activation(activation, **activation_kwargs)))
+            width = w
+        layers.append(("out", nn.Linear(width, num_classes, bias=bias)))
+        super().__init__(OrderedDict(layers))
+        self.input_shape = shape
+        if dtype is not None:
+            self.to(dtype)
+
+
+class LeNet(nn.Module):
+    """The LeNet variant of DLG (Zhu et al. 2019), the standard target of gradient attacks.
+
+    ``conv1(C->12, k5, s2, p2) act1 conv2(12->12, k5, s2, p2) act2 conv3(12->12, k5, s1, p2) act3
+    flatten fc(12*H/4*W/4 -> classes)``; for a 3x32x32 input the linear layer has 768 inputs.
+    DLG uses sigmoid activations and weights drawn from U(-0.5, 0.5)
+    (``init_weights(model, "uniform")``).
+
+    Parameters
+    ----------
+    in_channels : int
+        1 for grey images, 3 for colour.
+    image_size : int or (int, int)
+        Input height and width in pixels.
+    num_classes : int
+        Number of logits.
+    activation : str
+        Activation after each conv layer (DLG: ``"sigmoid"``).
+    width : int
+        Filters per conv layer (DLG: 12).
+    bias : bool
+        Whether the layers have biases.
+    dtype : torch.dtype, optional
+        ``torch.float64`` for exact analytic attacks.
+    """
+
+    def __init__(self, in_channels: int = 3, image_size=32, num_classes: int = 10,
+                 activation: str = "sigmoid", width: int = 12, bias: bool = True,
+                 dtype: torch.dtype | None = None, **activation_kwargs):
+        super().__init__()
+        _check_dtype(dtype)
+        h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        self.input_shape = _check_shape((in_channels, h, w))
+        for name, value in (("width", width), ("num_classes", num_classes)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        act = lambda: make_activation(activation, **activation_kwargs)  # noqa: E731
+        self.body = nn.Sequential(OrderedDict([
+            ("conv1", nn.Conv2d(in_channels, width, 5, stride=2, padding=2, bias=bias)), ("act1", act()),
+            ("conv2", nn.Conv2d(width, width, 5, stride=2, padding=2, bias=bias)), ("act2", act()),
+            ("conv3", nn.Conv2d(width, width, 5, stride=1, padding=2, bias=bias)), ("act3", act()),
+        ]))
+        with torch.no_grad():
+            features = self.body(torch.zeros(1, *self.input_shape)).numel()
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(features, num_classes, bias=bias)
+        if dtype is not None:
+            self.to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of shape ``(N, num_classes)`` for ``x`` of shape ``(N, *input_shape)``."""
+        return self.fc(self.flatten(self.body(x)))
+
+
+def init_weights(model: nn.Module, scheme: str = "uniform", *, low: float = -0.5, high: float = 0.5,
+                 std: float = 0.1, seed: int = 0) -> nn.Module:
+    """Re-initialise every linear and conv layer in place, reproducibly; returns the model.
+
+    Parameters
+    ----------
+    model : nn.Module
+    scheme : {"uniform", "normal", "xavier", "kaiming", "default"}
+        ``"uniform"``: weights and biases from U(low, high), as DLG and R-CONV do with
+        (-0.5, 0.5). ``"normal"``: N(0, std^2). ``"xavier"``/``"kaiming"``: Glorot / He
+        uniform weights with zero biases. ``"default"``: PyTorch's own ``reset_parameters``.
+    low, high : float
+        Bounds of the uniform scheme, ``low < high``.
+    std : float
+        Standard deviation of the normal scheme, > 0.
+    seed : int
+        Seed of the random generator, so the same call gives the same weights.
+
+    Raises
+    ------
+    TypeError
+        ``model`` is not an ``nn.Module``.
+    ValueError
+        Unknown scheme, ``low >= high``, ``std <= 0``, or a model with no linear/conv layer.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    schemes = ("uniform", "normal", "xavier", "kaiming", "default")
+    if scheme not in schemes:
+        raise ValueError(f"unknown scheme {scheme!r}; choose one of {schemes}")
+    if not low < high:
+        raise ValueError(f"the uniform scheme needs low < high, got low={low}, high={high}")
+    if not std > 0:
+        raise ValueError(f"std must be positive, got {std}")
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d))]
+    if not layers:
+        raise ValueError("the model has no linear or convolutional layer to initialise")
+    gen = torch.Generator().manual_seed(seed)
+    if scheme == "default":
+        torch.manual_seed(seed)
+    with torch.no_grad():
+        for layer in layers:
+            if scheme == "default":
+                layer.reset_parameters()
+                continue
+            for pname in ("weight", "bias"):
+                p = getattr(layer, pname)
+                if p is None:
+                    continue
+                if scheme == "uniform":
+                    values = torch.rand(p.shape, generator=gen, dtype=torch.float64) * (high - low) + low
+                elif scheme == "normal":
+                    values = torch.randn(p.shape, generator=gen, dtype=torch.float64) * std
+                elif pname == "bias":
+                    values = torch.zeros(p.shape, dtype=torch.float64)
+                else:
+                    fan_out, fan_in = p.shape[0] * p[0, 0].numel(), p[0].numel()
+                    if scheme == "xavier":
+                        bound = math.sqrt(6.0 / (fan_in + fan_out))
+                    else:
+                        bound = math.sqrt(6.0 / fan_in)
+                    values = (torch.rand(p.shape, generator=gen, dtype=torch.float64) * 2 - 1) * bound
+                p.copy_(values.to(p.dtype))
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable scalars in ``model``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -148,8 +148,8 @@ def label_accuracy(predicted, true) -> float:
     ValueError
         ``true`` is empty or either is not one-dimensional.
     """
-    p = torch.as_tensor(predicted).reshape(-1) if not isinstance(predicted, torch.Tensor) else predicted
-    t = torch.as_tensor(true).reshape(-1) if not isinstance(true, torch.Tensor) else true
+    p, t = torch.as_tensor(predicted), torch.as_tensor(true)
+    p, t = (v.reshape(1) if v.ndim == 0 else v for v in (p, t))
     if p.ndim != 1 or t.ndim != 1:
         raise ValueError("labels must be one-dimensional sequences of class indices")
     if t.numel() == 0:

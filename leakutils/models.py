@@ -66,6 +66,8 @@ def make_activation(name: str, **kwargs) -> nn.Module:
 def _check_shape(input_shape) -> tuple[int, ...]:
     if isinstance(input_shape, int) and not isinstance(input_shape, bool):
         input_shape = (input_shape,)
+    if isinstance(input_shape, (str, bytes)):
+        raise TypeError(f"input_shape must be an int or a tuple such as (1, 28, 28), got {input_shape!r}")
     try:
         shape = tuple(int(s) for s in input_shape)
     except TypeError:

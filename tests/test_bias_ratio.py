@@ -1,0 +1,141 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from leakutils import capture, data, metrics, models
+from leakutils.attacks import bias_ratio
+
+
+@pytest.mark.parametrize("name", sorted(data.OFFLINE))
+def test_exact_on_every_offline_data_set(name):
+    ds = data.load(name, 3, dtype=torch.float64)
+    torch.manual_seed(0)
+    model = models.MLP(ds.shape, (128,), dtype=torch.float64)
+    for i in range(3):
+        x, y = ds[i]
+        rec = bias_ratio.reconstruct(model, capture.client_update(model, x, y))
+        assert rec.images.shape == x.shape and rec.images.dtype == torch.float64
+        assert float(metrics.psnr(rec.images, x)) >= 100
+        assert rec.labels.tolist() == y.tolist() and rec.determined.all()
+        assert rec.diagnostics["gradient_rank"] == 1 and rec.diagnostics["residual"] < 1e-12
+
+
+def test_dead_rows_are_left_out(mlp, mnist):
+    x, y = mnist[0]
+    u = capture.client_update(mlp, x, y)
+    rec = bias_ratio.reconstruct(mlp, u)
+    live = torch.nonzero(u["fc1.bias"] != 0).flatten()
+    assert torch.equal(rec.diagnostics["rows_used"], live) and 0 < live.numel() < 64
+    assert rec.diagnostics["n_rows_used"] == live.numel() and rec.diagnostics["n_rows"] == 64
+
+
+def test_deeper_layer_gives_its_input_features(mnist):
+    torch.manual_seed(0)
+    model = models.MLP((1, 28, 28), (64, 32), activation="sigmoid", dtype=torch.float64)
+    x, y = mnist[1]
+    rec = bias_ratio.reconstruct(model, capture.client_update(model, x, y), layer="fc2")
+    hidden = torch.sigmoid(model.fc1(x.flatten(1)))
+    assert rec.images.shape == (1, 64) and torch.allclose(rec.images, hidden, atol=1e-12)
+
+
+def test_float32_model_is_attacked_in_float64(mnist):
+    torch.manual_seed(0)
+    model = models.MLP((1, 28, 28), (64,))
+    x, y = mnist[0]
+    rec = bias_ratio.reconstruct(model, capture.client_update(model, x.float(), y))
+    assert rec.images.dtype == torch.float64 and float(metrics.psnr(rec.images, x)) > 100
+
+
+def test_batch_needs_opt_in_and_gives_a_mixture(mlp, mnist):
+    x, y = mnist.images[:4], mnist.labels[:4]
+    u = capture.client_update(mlp, x, y)
+    with pytest.raises(ValueError, match="allow_batch=True"):
+        bias_ratio.reconstruct(mlp, u)
+    rec = bias_ratio.reconstruct(mlp, u, allow_batch=True)
+    assert rec.diagnostics["gradient_rank"] == 4 and rec.diagnostics["residual"] > 0.1
+    assert metrics.compare(rec, x).mean_psnr < 30
+    assert set(rec.labels.tolist()) <= set(y.tolist())
+
+
+def test_row_inputs_single_sample_all_equal(mlp, mnist):
+    x, y = mnist[0]
+    rows, idx = bias_ratio.row_inputs(mlp, capture.client_update(mlp, x, y))
+    assert rows.shape == (idx.numel(), 784)
+    assert torch.allclose(rows, x.flatten().expand_as(rows), atol=1e-10)
+
+
+def test_layer_input_gradient_matches_autograd(mlp, mnist):
+    x, y = mnist[0]
+    u = capture.client_update(mlp, x, y)
+    h = torch.relu(mlp.fc1(x.flatten(1))).detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(F.cross_entropy(mlp.out(h), y), h)
+    assert torch.allclose(bias_ratio.layer_input_gradient(mlp, u, "out"), g[0], atol=1e-14)
+
+
+def test_error_layer_without_bias(mnist):
+    model = models.MLP((1, 28, 28), (16,), bias=False, dtype=torch.float64)
+    u = capture.client_update(model, *mnist[0])
+    with pytest.raises(ValueError, match="has no bias"):
+        bias_ratio.reconstruct(model, u)
+    with pytest.raises(ValueError, match="has no bias"):
+        bias_ratio.row_inputs(model, u)
+
+
+def test_error_zero_gradient(mlp, mnist):
+    u = capture.client_update(mlp, *mnist[0]).map(lambda n, g: torch.zeros_like(g))
+    with pytest.raises(ValueError, match="bias gradient of 'fc1' is zero"):
+        bias_ratio.reconstruct(mlp, u)
+
+
+def test_error_update_from_another_model(mlp, mnist):
+    other = models.MLP((1, 28, 28), (32,), dtype=torch.float64)
+    u = capture.client_update(other, *mnist[0])
+    with pytest.raises(ValueError, match="does not come from this model"):
+        bias_ratio.reconstruct(mlp, u)
+
+
+def test_error_missing_gradient(mlp, mnist):
+    u = capture.client_update(mlp, *mnist[0])
+    partial = type(u)({k: v for k, v in u.gradients.items() if k != "fc1.bias"}, 1, u.loss, u.input_shape)
+    with pytest.raises(ValueError, match="no gradient for 'fc1.bias'"):
+        bias_ratio.reconstruct(mlp, partial)
+
+
+def test_error_non_finite_gradient(mlp, mnist):
+    u = capture.client_update(mlp, *mnist[0]).map(lambda n, g: g * float("inf"))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        bias_ratio.reconstruct(mlp, u)
+
+
+def test_error_layer_names_and_kinds(mlp, mnist):
+    u = capture.client_update(mlp, *mnist[0])
+    with pytest.raises(ValueError, match="no layer named 'fc9'"):
+        bias_ratio.reconstruct(mlp, u, layer="fc9")
+    with pytest.raises(TypeError, match="is a ReLU, not a Linear"):
+        bias_ratio.reconstruct(mlp, u, layer="act1")
+    with pytest.raises(TypeError, match="module name"):
+        bias_ratio.reconstruct(mlp, u, layer=1)
+
+
+def test_error_model_without_linear_layer(mnist):
+    conv = nn.Sequential(nn.Conv2d(1, 10, 28), nn.Flatten()).double()  # 10 logits, no nn.Linear
+    u = capture.client_update(conv, *mnist[0])
+    with pytest.raises(ValueError, match="no Linear layer"):
+        bias_ratio.reconstruct(conv, u)
+
+
+@pytest.mark.parametrize("rtol", [0, 1, -1e-3, "small"])
+def test_error_bad_tolerance(mlp, mnist, rtol):
+    with pytest.raises(ValueError, match="rtol"):
+        bias_ratio.reconstruct(mlp, capture.client_update(mlp, *mnist[0]), rtol=rtol)
+
+
+def test_error_wrong_argument_types(mlp, mnist):
+    u = capture.client_update(mlp, *mnist[0])
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        bias_ratio.reconstruct("model", u)
+    with pytest.raises(TypeError, match="leakutils Update"):
+        bias_ratio.reconstruct(mlp, dict(u.gradients))
+    with pytest.raises(TypeError, match="leakutils Update"):
+        bias_ratio.layer_input_gradient(mlp, None)

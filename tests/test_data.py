@@ -1,0 +1,106 @@
+import socket
+
+import pytest
+import torch
+
+from leakutils import data
+
+EXPECTED = {  # name: (minimum count, image shape, number of classes)
+    "mnist": (5000, (1, 28, 28), 10),
+    "lfw": (200, (1, 25, 25), 2),
+    "patches": (100, (3, 32, 32), 7),
+    "retina": (100, (3, 32, 32), 4),
+    "digits": (1797, (1, 8, 8), 10),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_offline_sets_are_real_images_in_unit_range(name):
+    count, shape, classes = EXPECTED[name]
+    ds = data.load(name)
+    assert len(ds) >= count and ds.shape == shape and len(ds.classes) == classes
+    assert ds.images.dtype == torch.float32 and ds.labels.dtype == torch.int64
+    assert float(ds.images.min()) >= 0.0 and float(ds.images.max()) <= 1.0
+    assert float(ds.images.std()) > 0.05  # real content, not a constant
+    assert int(ds.labels.min()) >= 0 and int(ds.labels.max()) < classes
+    if name != "lfw":  # lfw keeps scikit-image's order: 100 faces, then 100 non-faces
+        assert len(set(ds.labels[:100].tolist())) == classes  # the first 100 span every class
+
+
+def test_mnist_is_the_shipped_5000_digits():
+    ds = data.load("mnist")
+    assert len(ds) == 5000 and torch.bincount(ds.labels).tolist() == [500] * 10
+
+
+def test_lfw_faces_first():
+    ds = data.load("lfw")
+    assert ds.labels[:100].eq(1).all() and ds.labels[100:].eq(0).all() and ds.classes[1] == "face"
+
+
+def test_options_n_size_channels_dtype():
+    ds = data.load("mnist", 7, size=32, channels=3, dtype=torch.float64)
+    assert ds.images.shape == (7, 3, 32, 32) and ds.images.dtype == torch.float64
+    assert torch.equal(ds.images[:, 0], ds.images[:, 1])
+    grey = data.load("patches", 3, channels=1, size=(16, 20))
+    assert grey.images.shape == (3, 1, 16, 20)
+    assert 0.0 <= float(grey.images.min()) and float(grey.images.max()) <= 1.0
+
+
+def test_same_call_same_data():
+    assert torch.equal(data.load("retina", 5).images, data.load("retina", 5).images)
+
+
+def test_getitem_keeps_batch_axis():
+    ds = data.load("digits", 4)
+    x, y = ds[2]
+    assert x.shape == (1, 1, 8, 8) and y.shape == (1,)
+    x, y = ds[-1]
+    assert x.shape == (1, 1, 8, 8) and torch.equal(x, ds.images[3:])
+    with pytest.raises(IndexError):
+        ds[4]
+
+
+def test_available_lists_offline_and_online():
+    names = data.available()
+    assert set(data.OFFLINE) <= set(names) and set(data.ONLINE) <= set(names)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(name="imagenet"), "unknown data set"),
+    (dict(name="mnist", n=0), "positive integer"),
+    (dict(name="mnist", n=5001), "fewer than the n=5001"),
+    (dict(name="mnist", size=0), "size must be positive"),
+    (dict(name="mnist", size="big"), "size must be an int"),
+    (dict(name="mnist", channels=2), "channels must be 1"),
+    (dict(name="mnist", split="test"), "single split"),
+])
+def test_bad_arguments_raise_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        data.load(**kwargs)
+
+
+def test_bad_types():
+    with pytest.raises(TypeError, match="dtype"):
+        data.load("mnist", 2, dtype=torch.int64)
+    with pytest.raises(TypeError, match="name must be a string"):
+        data.load(3)
+
+
+def test_online_split_checked():
+    with pytest.raises(ValueError, match="split must be one of"):
+        data.load("cifar10", split="val")
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled for this test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+@pytest.mark.parametrize("name, alternative", sorted(data.ONLINE.items()))
+def test_online_sets_offline_name_the_alternative(name, alternative, no_network, tmp_path):
+    with pytest.raises(data.DatasetUnavailableError, match=f"data.load\\('{alternative}'\\)"):
+        data.load(name, root=tmp_path)

@@ -1,0 +1,86 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from leakutils import metrics
+from leakutils.core import Reconstruction
+
+
+def test_psnr_uses_the_data_range():
+    a = torch.zeros(2, 1, 4, 4)
+    b = torch.full((2, 1, 4, 4), 0.1)
+    assert torch.allclose(metrics.mse(a, b), torch.full((2,), 0.01, dtype=torch.float64))
+    assert torch.allclose(metrics.psnr(a, b), torch.full((2,), 20.0, dtype=torch.float64))
+    # The R-CONV code's convention (range 255 on [0, 1] images) adds 48.13 dB.
+    gap = float(metrics.psnr(a, b, data_range=255.0)[0] - metrics.psnr(a, b)[0])
+    assert abs(gap - 20 * math.log10(255)) < 1e-9 and abs(gap - 48.13) < 0.01
+
+
+def test_psnr_is_infinite_for_identical_images():
+    x = torch.rand(3, 1, 5, 5)
+    assert torch.isinf(metrics.psnr(x, x.clone())).all()
+
+
+def test_ssim_identical_and_different(mnist):
+    x = mnist.images[:3]
+    assert torch.allclose(metrics.ssim(x, x), torch.ones(3, dtype=torch.float64))
+    assert (metrics.ssim(x, torch.roll(x, 1, 0)) < 0.9).all()
+
+
+def test_ssim_small_images_and_colour():
+    assert metrics.ssim(torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)).shape == (2,)
+    assert metrics.ssim(torch.rand(1, 1, 4, 4), torch.rand(1, 1, 4, 4)).shape == (1,)
+
+
+def test_label_accuracy_is_a_multiset_score():
+    assert metrics.label_accuracy([3], [3]) == 1.0
+    assert metrics.label_accuracy([3, 7], [3, 3, 7]) == pytest.approx(2 / 3)
+    assert metrics.label_accuracy(torch.tensor([1]), torch.tensor([2])) == 0.0
+
+
+def test_match_recovers_a_permutation(mnist):
+    x = mnist.images[:6]
+    perm = torch.tensor([4, 0, 5, 1, 3, 2])
+    rec_idx, true_idx = metrics.match(x[perm] + 1e-3, x)
+    assert np.array_equal(true_idx, np.arange(6)) and torch.equal(perm[rec_idx], torch.arange(6))
+
+
+def test_compare_matches_before_scoring(mnist):
+    x, y = mnist.images[:4], mnist.labels[:4]
+    rec = Reconstruction(images=x.flip(0), labels=y.flip(0), determined=torch.ones_like(x, dtype=torch.bool))
+    s = metrics.compare(rec, x, y)
+    assert torch.isinf(s.psnr).all() and s.label_accuracy == 1.0 and s.mean_ssim == pytest.approx(1.0)
+    unmatched = metrics.compare(rec.images, x, match_order=False)
+    assert unmatched.mean_psnr < 30
+    assert "PSNR" in str(s) and set(s.as_dict()) >= {"mse", "psnr_db", "ssim"}
+
+
+def test_compare_fewer_reconstructions_than_samples(mnist):
+    s = metrics.compare(mnist.images[2:3], mnist.images[:5])
+    assert s.true_idx.tolist() == [2] and math.isinf(s.min_psnr)
+
+
+@pytest.mark.parametrize("call, err, match", [
+    (lambda: metrics.mse(torch.zeros(2, 3), torch.zeros(2, 4)), ValueError, "same shape"),
+    (lambda: metrics.mse(torch.zeros(3), torch.zeros(3)), ValueError, "batch axis"),
+    (lambda: metrics.mse(np.zeros((2, 2)), torch.zeros(2, 2)), TypeError, "torch tensors"),
+    (lambda: metrics.mse(torch.full((1, 2), float("nan")), torch.zeros(1, 2)), ValueError, "NaN"),
+    (lambda: metrics.psnr(torch.zeros(1, 2), torch.zeros(1, 2), data_range=0), ValueError, "data_range"),
+    (lambda: metrics.ssim(torch.zeros(1, 4), torch.zeros(1, 4)), ValueError, r"\(B, C, H, W\)"),
+    (lambda: metrics.ssim(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)), ValueError, "3x3"),
+    (lambda: metrics.label_accuracy([1], []), ValueError, "empty"),
+    (lambda: metrics.label_accuracy([[1]], [[1]]), ValueError, "one-dimensional"),
+    (lambda: metrics.match(torch.zeros(2, 3), torch.zeros(2, 4)), ValueError, "same shape"),
+    (lambda: metrics.match(torch.zeros(0, 3), torch.zeros(2, 3)), ValueError, "empty"),
+    (lambda: metrics.match([1], torch.zeros(2, 3)), TypeError, "tensors"),
+    (lambda: metrics.compare("img", torch.zeros(1, 3)), TypeError, "Reconstruction"),
+    (lambda: metrics.compare(torch.zeros(1, 3), [0.0]), TypeError, "images must be a torch tensor"),
+    (lambda: metrics.compare(torch.zeros(1, 3), torch.zeros(1, 4)), ValueError, "differ in shape"),
+    (lambda: metrics.compare(torch.zeros(1, 3), torch.zeros(2, 3), match_order=False), ValueError, "same batch"),
+    (lambda: metrics.compare(torch.zeros(1, 3), torch.zeros(1, 3), [1]), ValueError, "recovered none"),
+])
+def test_bad_inputs(call, err, match):
+    with pytest.raises(err, match=match):
+        call()

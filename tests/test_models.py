@@ -1,0 +1,98 @@
+import pytest
+import torch
+from torch import nn
+
+from leakutils import models
+
+
+@pytest.mark.parametrize("name", sorted(models.ACTIVATIONS))
+def test_every_activation_builds_and_runs(name):
+    act = models.make_activation(name)
+    out = act(torch.linspace(-2, 2, 5))
+    assert out.shape == (5,) and torch.isfinite(out).all()
+
+
+def test_activation_kwargs_and_errors():
+    assert models.make_activation("leaky_relu", negative_slope=0.2).negative_slope == 0.2
+    assert torch.allclose(models.make_activation("arctan")(torch.tensor([1.0])), torch.tensor([torch.pi / 4]))
+    with pytest.raises(ValueError, match="unknown activation 'swish'"):
+        models.make_activation("swish")
+    with pytest.raises(TypeError, match="does not accept"):
+        models.make_activation("relu", slope=3)
+
+
+def test_mlp_layout_names_and_dtype():
+    m = models.MLP((1, 28, 28), widths=(32, 16), num_classes=5, activation="tanh", dtype=torch.float64)
+    names = [n for n, _ in m.named_parameters()]
+    assert names == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "out.weight", "out.bias"]
+    assert m.fc1.in_features == 784 and isinstance(m.act2, nn.Tanh) and m.input_shape == (1, 28, 28)
+    out = m(torch.rand(3, 1, 28, 28, dtype=torch.float64))
+    assert out.shape == (3, 5) and out.dtype == torch.float64
+
+
+def test_mlp_without_bias_and_linear_classifier():
+    m = models.MLP(10, widths=(), bias=False)
+    assert [n for n, _ in m.named_parameters()] == ["out.weight"]
+
+
+@pytest.mark.parametrize("kwargs, err", [
+    (dict(input_shape=(0, 3)), ValueError),
+    (dict(input_shape="28"), TypeError),
+    (dict(input_shape=4, widths=(0,)), ValueError),
+    (dict(input_shape=4, num_classes=0), ValueError),
+    (dict(input_shape=4, dtype=torch.float16), TypeError),
+    (dict(input_shape=4, activation="gelu"), ValueError),
+])
+def test_mlp_bad_arguments(kwargs, err):
+    with pytest.raises(err):
+        models.MLP(**kwargs)
+
+
+@pytest.mark.parametrize("channels, size, fc_in", [(3, 32, 768), (1, 28, 588)])
+def test_lenet_is_dlg_lenet(channels, size, fc_in):
+    net = models.LeNet(channels, size, num_classes=10, dtype=torch.float64)
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.kernel_size, c.stride, c.padding, c.out_channels) for c in convs] == [
+        ((5, 5), (2, 2), (2, 2), 12), ((5, 5), (2, 2), (2, 2), 12), ((5, 5), (1, 1), (2, 2), 12)]
+    assert isinstance(net.body.act1, nn.Sigmoid) and net.fc.in_features == fc_in
+    assert net(torch.rand(2, channels, size, size, dtype=torch.float64)).shape == (2, 10)
+
+
+def test_lenet_bad_arguments():
+    with pytest.raises(ValueError):
+        models.LeNet(width=0)
+    with pytest.raises(TypeError):
+        models.LeNet(dtype=torch.int32)
+
+
+def test_init_uniform_bounds_and_reproducible():
+    a = models.init_weights(models.MLP(20, (30,)), "uniform", seed=3)
+    b = models.init_weights(models.MLP(20, (30,)), "uniform", seed=3)
+    for (_, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(p, q) and float(p.detach().min()) >= -0.5 and float(p.detach().max()) <= 0.5
+    assert float(a.fc1.weight.detach().std()) > 0.25  # U(-0.5, 0.5) has std 0.289
+
+
+@pytest.mark.parametrize("scheme", ["normal", "xavier", "kaiming", "default"])
+def test_init_other_schemes(scheme):
+    m = models.init_weights(models.LeNet(1, 28), scheme, seed=1)
+    assert all(torch.isfinite(p).all() for p in m.parameters())
+    if scheme in ("xavier", "kaiming"):
+        assert float(m.fc.bias.detach().abs().max()) == 0.0
+
+
+def test_init_errors():
+    with pytest.raises(TypeError):
+        models.init_weights("net")
+    with pytest.raises(ValueError, match="unknown scheme"):
+        models.init_weights(models.MLP(4), "orthogonal")
+    with pytest.raises(ValueError, match="low < high"):
+        models.init_weights(models.MLP(4), low=1, high=0)
+    with pytest.raises(ValueError, match="std must be positive"):
+        models.init_weights(models.MLP(4), "normal", std=0)
+    with pytest.raises(ValueError, match="no linear or convolutional"):
+        models.init_weights(nn.ReLU())
+
+
+def test_count_parameters():
+    assert models.count_parameters(models.MLP(784, (64,), 10)) == 784 * 64 + 64 + 64 * 10 + 10

@@ -1,0 +1,66 @@
+"""Checks of the notebooks as files: the Colab cell, no outputs, assertions, the table of contents."""
+import sys
+import types
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from tools import notebook_setup
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "notebooks/ holds no chapter"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_first_cell_is_the_colab_setup_from_the_config(path):
+    nb = nbformat.read(path, as_version=4)
+    assert notebook_setup.is_current(nb), f"run: python tools/notebook_setup.py ({path.name})"
+    url, branch = notebook_setup.repository()
+    assert f"git+{url}@{branch}" in nb.cells[0].source
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_without_outputs_and_asserting(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "clear the outputs"
+    assert any("assert " in c.source for c in code), "a cell must assert the chapter's result"
+    assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
+
+
+def test_every_notebook_is_in_the_table_of_contents():
+    toc = (ROOT / "_toc.yml").read_text()
+    for path in NOTEBOOKS:
+        assert f"notebooks/{path.stem}" in toc
+
+
+def test_launch_buttons_use_the_one_repository_setting():
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert config["repository"]["url"].startswith("https://github.com/")
+    assert config["launch_buttons"]["colab_url"] and config["launch_buttons"]["binderhub_url"]
+    assert config["execute"]["execute_notebooks"] == "force"
+    assert "sphinx_exercise" in config["sphinx"]["extra_extensions"]
+
+
+def _run_setup_cell(monkeypatch, in_colab):
+    calls = []
+    monkeypatch.setattr("subprocess.run", lambda cmd, check: calls.append(cmd))
+    if in_colab:
+        monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    else:
+        monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    exec(notebook_setup.colab_cell_source(*notebook_setup.repository()), {})
+    return calls
+
+
+def test_setup_cell_installs_only_on_colab(monkeypatch):
+    assert _run_setup_cell(monkeypatch, in_colab=False) == []
+    calls = _run_setup_cell(monkeypatch, in_colab=True)
+    url, branch = notebook_setup.repository()
+    assert len(calls) == 1 and calls[0][-1] == f"leakutils[data,online] @ git+{url}@{branch}"

@@ -1,0 +1,71 @@
+import matplotlib.figure
+import pytest
+import torch
+
+from leakutils import metrics, plot, widgets
+
+
+def test_to_display_shapes():
+    assert plot.to_display(torch.rand(1, 5, 6)).shape == (5, 6)
+    assert plot.to_display(torch.rand(3, 5, 6)).shape == (5, 6, 3)
+    assert plot.to_display(torch.full((4, 4), 2.0)).max() == 1.0  # clipped for display
+    with pytest.raises(ValueError, match="an image must have shape"):
+        plot.to_display(torch.rand(2, 5, 6))
+    with pytest.raises(TypeError):
+        plot.to_display([[0.0]])
+
+
+def test_image_grid_and_errors(mnist):
+    fig = plot.image_grid(mnist.images[:5], [str(i) for i in range(5)], ncols=3, suptitle="s")
+    assert isinstance(fig, matplotlib.figure.Figure) and len(fig.axes) == 6
+    with pytest.raises(ValueError, match="titles"):
+        plot.image_grid(mnist.images[:2], ["a"])
+    with pytest.raises(ValueError, match="non-empty"):
+        plot.image_grid(mnist.images[0, 0])
+
+
+def test_compare_grid_puts_scores_in_titles(mnist):
+    truth = mnist.images[:3]
+    rec = truth.flip(0) + 0.01
+    scores = metrics.compare(rec, truth)
+    fig = plot.compare_grid(truth, rec, scores, labels=["a", "b", "c"])
+    titles = [ax.get_title() for ax in fig.axes]
+    assert sum("40.0 dB" in t for t in titles) == 3 and "a" in titles
+    with pytest.raises(ValueError, match="same image shape"):
+        plot.compare_grid(truth, torch.rand(3, 1, 5, 5))
+    with pytest.raises(ValueError, match="labels"):
+        plot.compare_grid(truth, rec, labels=["a"])
+    with pytest.raises(ValueError, match="same batch size"):
+        plot.compare_grid(truth, rec[:2])
+
+
+def test_federated_round_draws(mnist):
+    assert isinstance(plot.federated_round(mnist.images[0]), matplotlib.figure.Figure)
+
+
+def test_bias_ratio_demo_single_and_batch():
+    single = widgets.bias_ratio_demo("lfw", 4, 1, width=64)
+    assert single.scores.min_psnr >= 100 and single.scores.label_accuracy == 1.0
+    assert single.rows_isolating_a_sample == 1
+    batch = widgets.bias_ratio_demo("digits", 0, 5, width=64)
+    assert batch.scores.mean_psnr < 30 and batch.reconstruction.diagnostics["gradient_rank"] == 5
+    assert batch.row_psnr.shape == (5,)
+    assert isinstance(widgets.show_bias_ratio_demo(batch), matplotlib.figure.Figure)
+
+
+@pytest.mark.parametrize("args, match", [
+    (("cifar10", 0, 1), "dataset must be one of"),
+    (("mnist", 0, 0), "batch_size"),
+    (("mnist", -1, 1), "index"),
+    (("lfw", 199, 2), "runs past the end"),
+])
+def test_bias_ratio_demo_errors(args, match):
+    with pytest.raises(ValueError, match=match):
+        widgets.bias_ratio_demo(*args)
+
+
+def test_panel_builds():
+    import ipywidgets  # part of the test extra
+
+    panel = widgets.bias_ratio_panel(width=32)
+    assert isinstance(panel, ipywidgets.VBox)

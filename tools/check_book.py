@@ -1,0 +1,35 @@
+"""Check the book's structure without executing the notebooks.
+
+Builds the HTML with Sphinx warnings as errors (table of contents, cross-references,
+citations, glossary terms, exercise labels) from a copy of ``_config.yml`` whose only change
+is ``execute.execute_notebooks: off``. ``make test`` runs it after nbval has executed every
+notebook, so executing them again here would only cost time.
+
+    python tools/check_book.py
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "_build" / "structure"
+
+
+def main() -> int:
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    config.setdefault("execute", {})["execute_notebooks"] = "off"
+    OUT.mkdir(parents=True, exist_ok=True)
+    cfg = OUT / "_config.yml"
+    cfg.write_text(yaml.safe_dump(config, sort_keys=False))
+    cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(ROOT), "--config", str(cfg),
+           "--path-output", str(OUT), "--all", "-W", "--keep-going", "-q"]
+    print(" ".join(cmd), flush=True)
+    return subprocess.call(cmd, cwd=ROOT)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -256,5 +256,13 @@ def init_weights(model: nn.Module, scheme: str = "uniform", *, low: float = -0.5
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of trainable scalars in ``model``."""
+    """Number of trainable scalars in ``model``.
+
+    Raises
+    ------
+    TypeError
+        ``model`` is not an ``nn.Module``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

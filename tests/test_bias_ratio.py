@@ -80,6 +80,8 @@ def test_error_layer_without_bias(mnist):
         bias_ratio.reconstruct(model, u)
     with pytest.raises(ValueError, match="has no bias"):
         bias_ratio.row_inputs(model, u)
+    with pytest.raises(ValueError, match="has no bias"):
+        bias_ratio.layer_input_gradient(model, u)
 
 
 def test_error_zero_gradient(mlp, mnist):

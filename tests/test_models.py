@@ -96,3 +96,8 @@ def test_init_errors():
 
 def test_count_parameters():
     assert models.count_parameters(models.MLP(784, (64,), 10)) == 784 * 64 + 64 + 64 * 10 + 10
+
+
+def test_count_parameters_rejects_non_modules():
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        models.count_parameters([torch.zeros(3)])

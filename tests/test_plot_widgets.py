@@ -41,6 +41,9 @@ def test_compare_grid_puts_scores_in_titles(mnist):
 
 def test_federated_round_draws(mnist):
     assert isinstance(plot.federated_round(mnist.images[0]), matplotlib.figure.Figure)
+    assert isinstance(plot.federated_round(), matplotlib.figure.Figure)
+    with pytest.raises(ValueError, match="an image must have shape"):
+        plot.federated_round(mnist.images[:2])
 
 
 def test_bias_ratio_demo_single_and_batch():

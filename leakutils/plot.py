@@ -40,17 +40,22 @@ def to_display(image: torch.Tensor) -> np.ndarray:
     return np.clip(img.numpy(), 0.0, 1.0)
 
 
-def _show(ax, image: torch.Tensor, title: str | None = None) -> None:
+FONT = 10  # points: readable when a figure is shown at the width of a book page
+
+
+def _show(ax, image: torch.Tensor, title: str | None = None, below: str | None = None) -> None:
     arr = to_display(image)
     ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
-        ax.set_title(title, fontsize=8)
+        ax.set_title(title, fontsize=FONT)
+    if below:
+        ax.set_xlabel(below, fontsize=FONT)
 
 
 def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, *, ncols: int | None = None,
-               size: float = 1.6, suptitle: str | None = None):
+               size: float = 1.5, suptitle: str | None = None):
     """Show a batch ``(N, C, H, W)`` as a grid.
 
     Parameters
@@ -60,7 +65,7 @@ def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, *, nco
     titles : sequence of str, optional
         One per image.
     ncols : int, optional
-        Columns (default: up to 8).
+        Columns (default: up to 6).
     size : float
         Inches per image.
     suptitle : str, optional
@@ -75,9 +80,9 @@ def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, *, nco
     n = images.shape[0]
     if titles is not None and len(titles) != n:
         raise ValueError(f"got {len(titles)} titles for {n} images")
-    ncols = ncols or min(n, 8)
+    ncols = ncols or min(n, 6)
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)),
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, (size + 0.35) * nrows + (0.4 if suptitle else 0)),
                              squeeze=False)
     for k, ax in enumerate(axes.flat):
         if k < n:
@@ -85,14 +90,14 @@ def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, *, nco
         else:
             ax.axis("off")
     if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
+        fig.suptitle(suptitle, fontsize=FONT + 1)
     fig.tight_layout()
     return fig
 
 
 def compare_grid(truth: torch.Tensor, reconstructed: torch.Tensor, scores=None, *,
-                 labels: Sequence[str] | None = None, size: float = 1.6, suptitle: str | None = None):
-    """Originals (top row) above their reconstructions (bottom row), scores in the titles.
+                 labels: Sequence[str] | None = None, size: float = 1.4, suptitle: str | None = None):
+    """Originals (top row) above their reconstructions (bottom row), scores under each.
 
     Parameters
     ----------
@@ -103,7 +108,8 @@ def compare_grid(truth: torch.Tensor, reconstructed: torch.Tensor, scores=None, 
         ``true_idx``) decides which reconstruction sits under which original; otherwise
         they are paired in order.
     scores : leakutils.metrics.Scores, optional
-        PSNR (dB) and SSIM are written above each reconstruction.
+        PSNR (dB) and SSIM are written under each reconstruction; an original without a
+        reconstruction (a batch attacked for one image) says "(no match)".
     labels : sequence of str, optional
         Titles of the originals (e.g. class names), one per original.
     size : float
@@ -130,23 +136,29 @@ def compare_grid(truth: torch.Tensor, reconstructed: torch.Tensor, scores=None, 
         if rec.shape[0] != n:
             raise ValueError("without scores, truth and reconstruction need the same batch size")
         pairs = {i: (i, None) for i in range(n)}
-    fig, axes = plt.subplots(2, n, figsize=(size * max(n, 2), 2 * size + 0.5 + (0.3 if suptitle else 0)),
+    fig, axes = plt.subplots(2, n, figsize=(size * max(n, 2) + 0.4, 2 * size + 1.0 + (0.4 if suptitle else 0)),
                              squeeze=False)
     for i in range(n):
-        _show(axes[0, i], truth[i], labels[i] if labels is not None else ("original" if i == 0 else None))
+        _show(axes[0, i], truth[i], labels[i] if labels is not None else None)
         if i in pairs:
             r, k = pairs[i]
-            title = "reconstruction"
+            below = None
             if k is not None:
                 p = float(scores.psnr[k])
-                title = ("exact (inf dB)" if math.isinf(p) else f"{p:.1f} dB")
+                below = "exact" if math.isinf(p) else (f"{p:.0f} dB" if p >= 100 else f"{p:.1f} dB")
                 if scores.ssim.numel():
-                    title += f"\nSSIM {float(scores.ssim[k]):.3f}"
-            _show(axes[1, i], rec[r], title)
+                    below += f"\nSSIM {float(scores.ssim[k]):.2f}"
+            _show(axes[1, i], rec[r], below=below)
         else:
-            axes[1, i].axis("off")
+            axes[1, i].set_xticks([])
+            axes[1, i].set_yticks([])
+            for spine in axes[1, i].spines.values():
+                spine.set_visible(False)
+            axes[1, i].set_xlabel("(no match)", fontsize=FONT, color="grey")
+    axes[0, 0].set_ylabel("original", fontsize=FONT)
+    axes[1, 0].set_ylabel("rebuilt", fontsize=FONT)
     if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
+        fig.suptitle(suptitle, fontsize=FONT + 1)
     fig.tight_layout()
     return fig
 

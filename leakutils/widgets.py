@@ -17,7 +17,8 @@ from .capture import client_update
 from .core import Reconstruction
 from .metrics import Scores
 
-__all__ = ["BiasRatioDemo", "bias_ratio_demo", "show_bias_ratio_demo", "bias_ratio_panel"]
+__all__ = ["BiasRatioDemo", "bias_ratio_demo", "show_bias_ratio_demo", "bias_ratio_panel",
+           "PropagationDemo", "propagation_demo", "show_propagation_demo", "propagation_panel"]
 
 #: Data sets offered by the Chapter 1 panel.
 DEMO_DATASETS = ("mnist", "lfw", "patches", "retina", "digits")
@@ -148,3 +149,145 @@ def bias_ratio_panel(width: int = 256):
 
     out = W.interactive_output(draw, {"dataset": ds, "index": idx, "batch_size": bs})
     return W.VBox([W.HBox([ds, idx, bs]), out])
+
+
+# --------------------------------------------------------------------------- Chapter 2
+
+#: Activations offered by the Chapter 2 panel, with the parameters the course uses.
+DEMO_ACTIVATIONS = {
+    "sigmoid": {}, "tanh": {}, "arctan": {}, "softplus": {}, "relu": {},
+    "leaky_relu": {"negative_slope": 0.2}, "prelu": {}, "elu": {},
+}
+
+
+@dataclass
+class PropagationDemo:
+    """One run of Chapter 2's experiment: a gradient carried through an activation.
+
+    Attributes
+    ----------
+    activation : str
+    X : torch.Tensor
+        ``(width,)`` float64: the activation's output, rebuilt by the bias ratio of ``fc2``.
+    propagated : torch.Tensor
+        ``(width,)``: ``dl/dO`` computed from ``X`` and ``dl/dX = W2^T dl/db2`` alone.
+    true : torch.Tensor
+        ``(width,)``: the true ``dl/dO``, which is the shared bias gradient of ``fc1``.
+    max_error : float
+        ``max |propagated - true| / max |true|``.
+    lost : float
+        Fraction of units whose pre-activation cannot be recovered from ``X`` (ReLU: X = 0).
+    """
+
+    activation: str
+    X: torch.Tensor
+    propagated: torch.Tensor
+    true: torch.Tensor
+    max_error: float
+    lost: float
+
+
+def propagation_demo(activation: str = "sigmoid", dataset: str = "mnist", index: int = 0, *,
+                     width: int = 128, seed: int = 0) -> PropagationDemo:
+    """Rebuild ``X = A(fc1(x))`` by the bias ratio of ``fc2`` and carry ``dl/dX`` through ``A``.
+
+    The network is ``MLP(shape, (width, width), activation)`` in float64, PyTorch's default
+    initialisation with ``seed``. The propagated ``dl/dO`` is compared with the shared bias
+    gradient of ``fc1``, which equals the true ``dl/dO``.
+
+    Raises
+    ------
+    ValueError
+        Unknown activation or data set, an index past the data set's end.
+    """
+    from . import activations
+
+    if activation not in DEMO_ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(DEMO_ACTIVATIONS)}, got {activation!r}")
+    if dataset not in DEMO_DATASETS:
+        raise ValueError(f"dataset must be one of {DEMO_DATASETS}, got {dataset!r}")
+    ds = data.load(dataset, dtype=torch.float64)
+    if not isinstance(index, int) or not 0 <= index < len(ds):
+        raise ValueError(f"index must be in 0..{len(ds) - 1}, got {index!r}")
+    torch.manual_seed(seed)
+    model = models.MLP(ds.shape, (width, width), num_classes=max(10, len(ds.classes)), activation=activation,
+                       dtype=torch.float64, **DEMO_ACTIVATIONS[activation])
+    x, y = ds[index]
+    update = client_update(model, x, y)
+    X = bias_ratio.reconstruct(model, update, layer="fc2", labels=False).images[0]
+    grad_X = bias_ratio.layer_input_gradient(model, update, "fc2")
+    X = _snap_to_range(model.act1, X)
+    propagated = activations.propagate(model.act1, X, grad_X)
+    true = update["fc1.bias"].to(torch.float64)
+    scale = float(true.abs().max()) or 1.0
+    _, determined = activations.invert(model.act1, X)
+    return PropagationDemo(activation=activation, X=X, propagated=propagated, true=true,
+                           max_error=float((propagated - true).abs().max()) / scale,
+                           lost=1.0 - float(determined.double().mean()))
+
+
+def _snap_to_range(act, X: torch.Tensor, rtol: float = 1e-9) -> torch.Tensor:
+    """Round-off can push a rebuilt output a hair outside the activation's range; put it back.
+
+    For ReLU, outputs within ``rtol * max|X|`` of zero are set to exactly zero (an inactive unit).
+    """
+    from torch import nn
+
+    tol = rtol * float(X.abs().max() or 1.0)
+    if isinstance(act, nn.ReLU):
+        return torch.where(X > tol, X, torch.zeros_like(X))
+    if isinstance(act, nn.Sigmoid):
+        return X.clamp(0.0, 1.0)
+    if isinstance(act, nn.Tanh):
+        return X.clamp(-1.0, 1.0)
+    if isinstance(act, nn.Softplus):
+        return X.clamp_min(0.0)
+    if isinstance(act, nn.ELU):
+        return X.clamp_min(-float(act.alpha))
+    return X
+
+
+def show_propagation_demo(result: PropagationDemo):
+    """Plot a :class:`PropagationDemo`: propagated against true ``dl/dO``, and the error per unit."""
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3))
+    t, p = result.true.numpy(), result.propagated.numpy()
+    a.scatter(t, p, s=10)
+    lim = float(max(abs(t).max(), abs(p).max())) * 1.05 or 1.0
+    a.plot([-lim, lim], [-lim, lim], color="grey", lw=0.8)
+    a.set_xlabel(r"true $\partial\ell/\partial O$ (shared bias gradient)")
+    a.set_ylabel(r"propagated from $X$")
+    a.set_title(f"{result.activation}: max relative error {result.max_error:.1e}", fontsize=9)
+    b.bar(range(len(t)), abs(p - t), color="firebrick")
+    b.set_xlabel("unit")
+    b.set_ylabel("absolute error")
+    b.set_title(f"pre-activation lost for {result.lost:.0%} of the units", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def propagation_panel():
+    """A live panel: choose the activation, the data set and the image; see the propagated gradient.
+
+    Raises
+    ------
+    ImportError
+        When ``ipywidgets`` is not installed.
+    """
+    try:
+        import ipywidgets as W
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("the live panels need ipywidgets: pip install ipywidgets") from err
+    import matplotlib.pyplot as plt
+
+    act = W.Dropdown(options=list(DEMO_ACTIVATIONS), value="sigmoid", description="activation")
+    ds = W.Dropdown(options=DEMO_DATASETS, value="mnist", description="data set")
+    idx = W.IntSlider(value=0, min=0, max=99, description="image")
+
+    def draw(activation, dataset, index):
+        show_propagation_demo(propagation_demo(activation, dataset, index))
+        plt.show()
+
+    out = W.interactive_output(draw, {"activation": act, "dataset": ds, "index": idx})
+    return W.VBox([W.HBox([act, ds, idx]), out])

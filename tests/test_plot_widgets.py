@@ -29,8 +29,11 @@ def test_compare_grid_puts_scores_in_titles(mnist):
     rec = truth.flip(0) + 0.01
     scores = metrics.compare(rec, truth)
     fig = plot.compare_grid(truth, rec, scores, labels=["a", "b", "c"])
-    titles = [ax.get_title() for ax in fig.axes]
-    assert sum("40.0 dB" in t for t in titles) == 3 and "a" in titles
+    below = [ax.get_xlabel() for ax in fig.axes]
+    assert sum("40.0 dB" in t for t in below) == 3 and "a" in [ax.get_title() for ax in fig.axes]
+    assert fig.axes[0].get_ylabel() == "original" and fig.axes[3].get_ylabel() == "rebuilt"
+    partial = plot.compare_grid(truth, truth[1:2], metrics.compare(truth[1:2], truth))
+    assert [ax.get_xlabel() for ax in partial.axes[3:]].count("(no match)") == 2
     with pytest.raises(ValueError, match="same image shape"):
         plot.compare_grid(truth, torch.rand(3, 1, 5, 5))
     with pytest.raises(ValueError, match="labels"):
@@ -72,3 +75,24 @@ def test_panel_builds():
 
     panel = widgets.bias_ratio_panel(width=32)
     assert isinstance(panel, ipywidgets.VBox)
+
+
+@pytest.mark.parametrize("activation", sorted(widgets.DEMO_ACTIVATIONS))
+def test_propagation_demo_is_exact_for_every_activation(activation):
+    r = widgets.propagation_demo(activation, "digits", 5, width=32)
+    assert r.max_error < 1e-12 and r.propagated.shape == (32,)
+    assert (r.lost > 0) == (activation == "relu")
+
+
+def test_propagation_demo_plot_and_errors():
+    r = widgets.propagation_demo("tanh", "lfw", 0, width=16)
+    assert isinstance(widgets.show_propagation_demo(r), matplotlib.figure.Figure)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        widgets.propagation_demo("silu")
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        widgets.propagation_demo("tanh", "cifar10")
+    with pytest.raises(ValueError, match="index must be in"):
+        widgets.propagation_demo("tanh", "lfw", 200)
+    import ipywidgets  # part of the test extra
+
+    assert isinstance(widgets.propagation_panel(), ipywidgets.VBox)

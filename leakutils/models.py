@@ -12,7 +12,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-__all__ = ["ACTIVATIONS", "ArcTan", "make_activation", "MLP", "LeNet", "init_weights", "count_parameters"]
+__all__ = ["ACTIVATIONS", "ArcTan", "make_activation", "MLP", "LeNet", "ConvNet", "lenet_o", "cnn6", "cnn6_o",
+           "rconv_net", "lenet_4_relu", "lenet_all_relu", "init_weights", "count_parameters"]
 
 
 class ArcTan(nn.Module):
@@ -187,6 +188,138 @@ class LeNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of shape ``(N, num_classes)`` for ``x`` of shape ``(N, *input_shape)``."""
         return self.fc(self.flatten(self.body(x)))
+
+
+class ConvNet(nn.Sequential):
+    """A plain CNN ``conv1 act1 conv2 act2 ... flatten fc``: the shape of every network of Chapter 3.
+
+    Parameters
+    ----------
+    in_channels : int
+    image_size : int or (int, int)
+    convs : sequence of (filters, kernel, stride, padding, activation)
+        One tuple per conv layer; ``activation`` is a name of :data:`ACTIVATIONS`
+        (``"leaky_relu"`` means slope 0.2, as R-GAP and R-CONV use).
+    num_classes : int
+        Outputs of the linear head ``fc``.
+    bias : bool
+        Biases in the conv layers.
+    head_bias : bool
+        Bias in ``fc``; the attacks of Chapter 3 start with the bias ratio, which needs it.
+    dtype : torch.dtype, optional
+
+    Attributes
+    ----------
+    input_shape : tuple of int
+
+    Raises
+    ------
+    ValueError
+        Empty ``convs``, non-positive sizes, or layers that shrink the image to nothing.
+    """
+
+    def __init__(self, in_channels: int, image_size, convs, num_classes: int = 10, *, bias: bool = True,
+                 head_bias: bool = True, dtype: torch.dtype | None = None):
+        _check_dtype(dtype)
+        h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        shape = _check_shape((in_channels, h, w))
+        convs = list(convs)
+        if not convs:
+            raise ValueError("convs must list at least one conv layer")
+        layers: list[tuple[str, nn.Module]] = []
+        c = in_channels
+        for i, spec in enumerate(convs, start=1):
+            try:
+                filters, k, stride, pad, act = spec
+            except (TypeError, ValueError):
+                raise ValueError(f"conv {i} must be (filters, kernel, stride, padding, activation), got {spec!r}") \
+                    from None
+            if min(filters, k, stride) < 1 or pad < 0:
+                raise ValueError(f"conv {i} has a non-positive size: {spec!r}")
+            layers.append((f"conv{i}", nn.Conv2d(c, filters, k, stride=stride, padding=pad, bias=bias)))
+            kwargs = {"negative_slope": 0.2} if act == "leaky_relu" else {}
+            layers.append((f"act{i}", make_activation(act, **kwargs)))
+            c = filters
+        body = nn.Sequential(OrderedDict(layers))
+        with torch.no_grad():
+            try:
+                features = body(torch.zeros(1, *shape)).numel()
+            except RuntimeError as err:
+                raise ValueError(f"the conv layers do not fit a {h}x{w} input: {err}") from None
+        layers += [("flatten", nn.Flatten()), ("fc", nn.Linear(features, num_classes, bias=head_bias))]
+        super().__init__(OrderedDict(layers))
+        self.input_shape = shape
+        if dtype is not None:
+            self.to(dtype)
+
+
+def lenet_o(in_channels: int = 3, image_size=32, num_classes: int = 10, activation: str = "sigmoid",
+            **kwargs) -> ConvNet:
+    """LeNet-O of R-CONV: DLG's LeNet with only 3 filters in its last conv layer.
+
+    ``conv(C->12, k5, s2, p2) conv(12->12, k5, s2, p2) conv(12->3, k5, s1, p2) fc(3*H/4*W/4)``;
+    the head of a 32x32 input has 192 inputs, as in R-CONV's reference network. (The R-CONV
+    README says "fewer filters"; 3 in the last layer is the choice of its CNN6-O and of its
+    reference network.) Keyword arguments go to :class:`ConvNet`.
+    """
+    a = activation
+    return ConvNet(in_channels, image_size, [(12, 5, 2, 2, a), (12, 5, 2, 2, a), (3, 5, 1, 2, a)], num_classes,
+                   **kwargs)
+
+
+def cnn6(in_channels: int = 3, image_size=32, num_classes: int = 10, activation: str = "leaky_relu",
+         last_filters: int = 128, bias: bool = False, **kwargs) -> ConvNet:
+    """CNN6 of R-GAP (Zhu & Blaschko 2021): six convs without biases, LeakyReLU(0.2).
+
+    ``conv(C->12, k4, s2, p2) conv(12->36, k3, s2, p1) conv(36->36, k3, s1, p1) conv(36->36, k3, s1, p1)
+    conv(36->64, k3, s2, p1) conv(64->last_filters, k3, s1, p1) fc``: 17x17, 9x9, 9x9, 9x9, 5x5, 5x5
+    for a 32x32 input. R-GAP's head is a single logit with a logistic loss and no bias; here
+    the head has ``num_classes`` logits and a bias (cross-entropy), so that the attack can
+    start with the bias ratio.
+    """
+    a = activation
+    return ConvNet(in_channels, image_size,
+                   [(12, 4, 2, 2, a), (36, 3, 2, 1, a), (36, 3, 1, 1, a), (36, 3, 1, 1, a), (64, 3, 2, 1, a),
+                    (last_filters, 3, 1, 1, a)], num_classes, bias=bias, **kwargs)
+
+
+def cnn6_o(in_channels: int = 3, image_size=32, num_classes: int = 10, activation: str = "leaky_relu",
+           **kwargs) -> ConvNet:
+    """CNN6-O of R-CONV: CNN6 with 3 filters in the last conv instead of 128."""
+    return cnn6(in_channels, image_size, num_classes, activation, last_filters=3, **kwargs)
+
+
+def rconv_net(in_channels: int = 3, image_size=32, num_classes: int = 10, activation: str = "leaky_relu",
+              **kwargs) -> ConvNet:
+    """The reference network of R-CONV's ``main.py`` (weights U(-0.5, 0.5) there, float64).
+
+    ``conv(C->12, k5, s2, p2) LeakyReLU(0.2) conv(12->16, k5, s2, p2) LeakyReLU(0.2)
+    conv(16->12, k5, s1, p2) act conv(12->3, k5, s1, p2) act fc(192)`` for a 32x32 input.
+    """
+    a = activation
+    return ConvNet(in_channels, image_size, [(12, 5, 2, 2, "leaky_relu"), (16, 5, 2, 2, "leaky_relu"),
+                                             (12, 5, 1, 2, a), (3, 5, 1, 2, a)], num_classes, **kwargs)
+
+
+def lenet_4_relu(in_channels: int = 3, image_size=32, num_classes: int = 10, **kwargs) -> ConvNet:
+    """LeNet-4-ReLU of R-CONV: the four-conv reference network with ReLU after convs 2 to 4.
+
+    The first conv keeps LeakyReLU(0.2), so the image layer keeps its forward equations.
+    """
+    return ConvNet(in_channels, image_size, [(12, 5, 2, 2, "leaky_relu"), (16, 5, 2, 2, "relu"), (12, 5, 1, 2, "relu"),
+                                             (3, 5, 1, 2, "relu")], num_classes, **kwargs)
+
+
+def lenet_all_relu(in_channels: int = 3, image_size=32, num_classes: int = 10, first_filters: int = 64,
+                   **kwargs) -> ConvNet:
+    """LeNet-All-ReLU of R-CONV: ReLU after every conv, many filters in the first layer.
+
+    With ReLU after the first conv, half its forward equations are lost, and the image must
+    come mostly from the weight-gradient equations: ``first_filters * 25`` per channel for
+    ``H W`` pixels.
+    """
+    return ConvNet(in_channels, image_size, [(first_filters, 5, 2, 2, "relu"), (16, 5, 2, 2, "relu"),
+                                             (12, 5, 1, 2, "relu"), (3, 5, 1, 2, "relu")], num_classes, **kwargs)
 
 
 def init_weights(model: nn.Module, scheme: str = "uniform", *, low: float = -0.5, high: float = 0.5,

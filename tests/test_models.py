@@ -101,3 +101,41 @@ def test_count_parameters():
 def test_count_parameters_rejects_non_modules():
     with pytest.raises(TypeError, match="torch.nn.Module"):
         models.count_parameters([torch.zeros(3)])
+
+
+@pytest.mark.parametrize("factory, convs, head_in", [
+    (models.lenet_o, [(12, 5, 2, 2), (12, 5, 2, 2), (3, 5, 1, 2)], 192),
+    (models.cnn6, [(12, 4, 2, 2), (36, 3, 2, 1), (36, 3, 1, 1), (36, 3, 1, 1), (64, 3, 2, 1), (128, 3, 1, 1)], 3200),
+    (models.cnn6_o, [(12, 4, 2, 2), (36, 3, 2, 1), (36, 3, 1, 1), (36, 3, 1, 1), (64, 3, 2, 1), (3, 3, 1, 1)], 75),
+    (models.rconv_net, [(12, 5, 2, 2), (16, 5, 2, 2), (12, 5, 1, 2), (3, 5, 1, 2)], 192),
+    (models.lenet_4_relu, [(12, 5, 2, 2), (16, 5, 2, 2), (12, 5, 1, 2), (3, 5, 1, 2)], 192),
+    (models.lenet_all_relu, [(64, 5, 2, 2), (16, 5, 2, 2), (12, 5, 1, 2), (3, 5, 1, 2)], 192),
+])
+def test_paper_architectures(factory, convs, head_in):
+    net = factory(3, 32, dtype=torch.float64)
+    found = [(m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0]) for m in net.modules()
+             if isinstance(m, nn.Conv2d)]
+    assert found == convs and net.fc.in_features == head_in and net.input_shape == (3, 32, 32)
+    assert net(torch.rand(2, 3, 32, 32, dtype=torch.float64)).shape == (2, 10)
+
+
+def test_cnn6_has_no_conv_biases_and_leaky_relu():
+    net = models.cnn6()
+    assert all(m.bias is None for m in net.modules() if isinstance(m, nn.Conv2d))
+    assert isinstance(net.act1, nn.LeakyReLU) and net.act1.negative_slope == 0.2 and net.fc.bias is not None
+
+
+def test_relu_variants_activations():
+    assert isinstance(models.lenet_4_relu().act1, nn.LeakyReLU) and isinstance(models.lenet_4_relu().act2, nn.ReLU)
+    assert all(isinstance(getattr(models.lenet_all_relu(), f"act{i}"), nn.ReLU) for i in range(1, 5))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(convs=[]), "at least one"),
+    (dict(convs=[(4, 3, 1)]), "must be"),
+    (dict(convs=[(0, 3, 1, 1, "relu")]), "non-positive"),
+    (dict(convs=[(4, 40, 1, 0, "relu")]), "do not fit"),
+])
+def test_convnet_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        models.ConvNet(1, 28, **kwargs)

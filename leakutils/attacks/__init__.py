@@ -3,7 +3,8 @@
 - :mod:`leakutils.attacks.bias_ratio`: one sample through a fully connected layer (Chapter 1).
 - :mod:`leakutils.attacks.labels`: labels from the output layer's gradient (iDLG).
 - :mod:`leakutils.attacks.conv`: one sample through conv layers as linear systems (R-CONV; Chapter 3).
+- :mod:`leakutils.attacks.dlg`: Deep Leakage from Gradients, the optimisation baseline (Chapter 3).
 """
-from . import bias_ratio, conv, labels
+from . import bias_ratio, conv, dlg, labels
 
-__all__ = ["bias_ratio", "conv", "labels"]
+__all__ = ["bias_ratio", "conv", "dlg", "labels"]

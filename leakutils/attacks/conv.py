@@ -268,13 +268,6 @@ def _solve_layer(A_g, B, Fw, r, C: int, n: int, rtol: float, dense_limit: int) -
                             residual=max(res_f, res_g))
                 return x.reshape(C, n), np.ones((C, n), bool), info
     # 3. Dense least squares on everything, with the null space to mark what is undetermined.
-    if C * n > dense_limit:
-        x = np.zeros((C, n))
-        if Fw is not None and Fw.shape[0]:
-            x = spla.lsmr(Fw, r, atol=1e-14, btol=1e-14, maxiter=20 * C * n)[0].reshape(C, n)
-        info.update(solver="not analysed: too large for the dense rank analysis (raise dense_limit)",
-                    rank=None, condition=None, residual=None)
-        return x, np.zeros((C, n), bool), info
     if A_g is not None and A_g.shape[0]:
         U, s, Vt = np.linalg.svd(A_g, full_matrices=True)
         rg = _svd_rank(s, rtol)
@@ -294,6 +287,11 @@ def _solve_layer(A_g, B, Fw, r, C: int, n: int, rtol: float, dense_limit: int) -
                     condition=float(s[0] / s[rg - 1]) if rg else None,
                     residual=_rel(A_g @ xp.T - B, B) if A_g is not None else None)
         return xp, mask, info
+    if C * d > dense_limit:  # the reduced system is too large for a dense SVD
+        x = xp.copy()
+        info.update(solver="not analysed: the reduced system is too large for a dense rank analysis "
+                           "(raise dense_limit)", rank=None, condition=None, residual=None)
+        return x, np.zeros((C, n), bool), info
     Fd = Fw.toarray()
     blocks = [Fd[:, c * n:(c + 1) * n] @ N for c in range(C)]
     Mz = np.hstack(blocks)  # (nf, C d)
@@ -340,7 +338,7 @@ def _rel(residual: np.ndarray, rhs: np.ndarray) -> float:
 
 
 def reconstruct(model: nn.Module, update: Update, *, method: str = "rconv", rtol: float = 1e-10,
-                dense_limit: int = 3072, labels: bool = True) -> Reconstruction:
+                dense_limit: int = 4096, labels: bool = True) -> Reconstruction:
     """Rebuild one input image of a CNN from its gradients, layer by layer from the top.
 
     Parameters
@@ -357,8 +355,10 @@ def reconstruct(model: nn.Module, update: Update, *, method: str = "rconv", rtol
     rtol : float
         Singular values below ``rtol * largest`` count as zero (rank decisions).
     dense_limit : int
-        Largest number of unknowns of a layer for the dense rank analysis; above it, a
-        layer that the fast solvers cannot settle is solved by LSMR and marked undetermined.
+        Largest number of unknowns left for the dense rank analysis once the weight-gradient
+        equations have fixed what they can (``C`` times the null-space dimension of the shared
+        matrix); above it, a layer the fast solvers cannot settle keeps the minimum-norm
+        solution of its weight-gradient equations and is marked undetermined.
     labels : bool
         Also recover the label from the output layer (iDLG).
 

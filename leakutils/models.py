@@ -45,9 +45,9 @@ def make_activation(name: str, **kwargs) -> nn.Module:
     name : str
         One of :data:`ACTIVATIONS`.
     **kwargs
-        Passed to the module, e.g. ``negative_slope=0.2`` for ``"leaky_relu"`` (R-CONV and
-        R-GAP use 0.2; PyTorch's default is 0.01), ``alpha`` for ``"elu"``, ``init`` for
-        ``"prelu"``.
+        Passed to the module, e.g. ``negative_slope`` for ``"leaky_relu"``, ``alpha`` for
+        ``"elu"``, ``init`` for ``"prelu"``. The course's ``"leaky_relu"`` has slope 0.2 unless
+        told otherwise, as in R-GAP and R-CONV (PyTorch's own default is 0.01).
 
     Raises
     ------
@@ -58,6 +58,8 @@ def make_activation(name: str, **kwargs) -> nn.Module:
     """
     if not isinstance(name, str) or name.lower() not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+    if name.lower() == "leaky_relu":
+        kwargs.setdefault("negative_slope", 0.2)
     try:
         return ACTIVATIONS[name.lower()](**kwargs)
     except TypeError as err:
@@ -237,8 +239,7 @@ class ConvNet(nn.Sequential):
             if min(filters, k, stride) < 1 or pad < 0:
                 raise ValueError(f"conv {i} has a non-positive size: {spec!r}")
             layers.append((f"conv{i}", nn.Conv2d(c, filters, k, stride=stride, padding=pad, bias=bias)))
-            kwargs = {"negative_slope": 0.2} if act == "leaky_relu" else {}
-            layers.append((f"act{i}", make_activation(act, **kwargs)))
+            layers.append((f"act{i}", make_activation(act)))
             c = filters
         body = nn.Sequential(OrderedDict(layers))
         with torch.no_grad():

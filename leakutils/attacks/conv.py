@@ -240,10 +240,14 @@ def _svd_rank(s: np.ndarray, rtol: float) -> int:
     return int((s > rtol * s[0]).sum()) if s.size and s[0] > 0 else 0
 
 
-def _solve_layer(A_g, B, Fw, r, C: int, n: int, rtol: float, dense_limit: int) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Solve one layer; returns x (C, n), determined mask (C, n) and diagnostics."""
-    info: dict = {"unknowns": C * n, "gradient_equations": 0 if A_g is None else C * A_g.shape[0],
-                  "forward_equations": 0 if Fw is None else Fw.shape[0]}
+def _solve_layer(A_g, B, forward, C: int, n: int, rtol: float, dense_limit: int) \
+        -> tuple[np.ndarray, np.ndarray, dict]:
+    """Solve one layer; returns x (C, n), determined mask (C, n) and diagnostics.
+
+    ``forward`` is a callable returning the forward equations ``(Fw, r)`` (or ``(None, None)``);
+    it is called only when the weight-gradient equations alone do not settle the layer.
+    """
+    info: dict = {"unknowns": C * n, "gradient_equations": 0 if A_g is None else C * A_g.shape[0]}
     # 1. Weight-gradient equations alone, when the shared matrix has full column rank.
     if A_g is not None and A_g.shape[0] >= n:
         U, s, Vt = np.linalg.svd(A_g, full_matrices=False)
@@ -252,8 +256,10 @@ def _solve_layer(A_g, B, Fw, r, C: int, n: int, rtol: float, dense_limit: int) -
         if rank == n:
             x = (Vt.T @ ((U.T @ B) / s[:, None])).T
             info.update(solver="gradient equations (shared SVD)", rank=C * n, condition=float(s[0] / s[-1]),
-                        residual=_rel(A_g @ x.T - B, B))
+                        residual=_rel(A_g @ x.T - B, B), forward_equations=0)
             return x, np.ones((C, n), bool), info
+    Fw, r = forward()
+    info["forward_equations"] = 0 if Fw is None else Fw.shape[0]
     # 2. Forward equations alone, sparse, when there are enough of them.
     if Fw is not None and Fw.shape[0] >= C * n:
         try:
@@ -269,7 +275,7 @@ def _solve_layer(A_g, B, Fw, r, C: int, n: int, rtol: float, dense_limit: int) -
                 return x.reshape(C, n), np.ones((C, n), bool), info
     # 3. Dense least squares on everything, with the null space to mark what is undetermined.
     if A_g is not None and A_g.shape[0]:
-        U, s, Vt = np.linalg.svd(A_g, full_matrices=True)
+        U, s, Vt = np.linalg.svd(A_g, full_matrices=A_g.shape[0] < n)  # Vt is n x n either way
         rg = _svd_rank(s, rtol)
         info.setdefault("gradient_rank", rg)
         xp = (Vt[:rg].T @ ((U[:, :rg].T @ B) / s[:rg, None])).T  # (C, n) particular, min-norm
@@ -296,7 +302,7 @@ def _solve_layer(A_g, B, Fw, r, C: int, n: int, rtol: float, dense_limit: int) -
     blocks = [Fd[:, c * n:(c + 1) * n] @ N for c in range(C)]
     Mz = np.hstack(blocks)  # (nf, C d)
     rhs = r - sum(Fd[:, c * n:(c + 1) * n] @ xp[c] for c in range(C))
-    Um, sm, Vmt = np.linalg.svd(Mz, full_matrices=True)
+    Um, sm, Vmt = np.linalg.svd(Mz, full_matrices=Mz.shape[0] < Mz.shape[1])
     rm = _svd_rank(sm, rtol)
     z = Vmt[:rm].T @ ((Um[:, :rm].T @ rhs) / sm[:rm]) if rm else np.zeros(C * d)
     x = xp + np.stack([N @ z[c * d:(c + 1) * d] for c in range(C)])
@@ -311,19 +317,27 @@ def _solve_layer(A_g, B, Fw, r, C: int, n: int, rtol: float, dense_limit: int) -
     return x, mask, info
 
 
-def _sparse_solve(Fw: sp.csr_matrix, r: np.ndarray) -> tuple[np.ndarray, float]:
-    """Solve a square or tall sparse system; returns x and a 1-norm condition estimate."""
-    if Fw.shape[0] == Fw.shape[1]:
+def _sparse_solve(Fw: sp.csr_matrix, r: np.ndarray) -> tuple[np.ndarray, float | None]:
+    """Solve a square or tall sparse system; returns x and a 1-norm condition estimate.
+
+    Square: sparse LU. Tall and small (<= 8192 unknowns): LU of the normal equations with two
+    steps of iterative refinement. Tall and large: LSMR (no condition estimate); the caller
+    checks the residual either way.
+    """
+    m, n = Fw.shape
+    if m == n:
         A = Fw.tocsc()
         lu = spla.splu(A)
         x = lu.solve(r)
-    else:  # normal equations, then iterative refinement on the original system
+    elif n <= 8192:
         A = (Fw.T @ Fw).tocsc()
         lu = spla.splu(A)
         x = lu.solve(Fw.T @ r)
         for _ in range(2):
             x = x + lu.solve(Fw.T @ (r - Fw @ x))
-    n = A.shape[0]
+    else:
+        x = spla.lsmr(Fw, r, atol=1e-15, btol=1e-15, maxiter=20 * n)[0]
+        return x, None
     inv = spla.LinearOperator((n, n), matvec=lu.solve, rmatvec=lambda y: lu.solve(y, trans="T"), dtype=float)
     cond = float(spla.norm(A, 1) * spla.onenormest(inv))
     return x, cond
@@ -401,7 +415,7 @@ def reconstruct(model: nn.Module, update: Update, *, method: str = "rconv", rtol
         if bad:
             raise ValueError(f"the forward equations (R-GAP) need invertible activations, but the activation after "
                              f"{bad} is not; use method='rconv'")
-    head = bias_ratio_reconstruct(model, update, layer=parsed.head_name, labels=False)
+    head = bias_ratio_reconstruct(model, update, layer=parsed.head_name, labels=False, diagnose=False)
     top = parsed.layers[-1]
     X = head.images.reshape(top.out_shape).to(torch.float64)
     gX = (parsed.head.weight.detach().to(torch.float64).T @ layer_gradient(
@@ -459,16 +473,19 @@ def _invert_layer(L: ConvLayer, update: Update, X, X_known, gX, gX_known, method
             keep = np.repeat(usable, kk)
             A_g = A_full[keep]
             B = dW.permute(0, 2, 3, 1).reshape(-1, C).numpy()[keep]
-    Fw = r = None
-    if method in ("rconv", "forward"):
+
+    def forward():
+        if method not in ("rconv", "forward"):
+            return None, None
         O, O_det = acts.invert(act, X[None])
         rows = (O_det[0] & X_known).numpy()
-        if rows.any():
-            Fw = forward_matrix(conv, L.in_shape, rows)
-            bias = conv.bias.detach().to(torch.float64) if conv.bias is not None else torch.zeros(conv.out_channels,
-                                                                                                    dtype=torch.float64)
-            r = (O[0] - bias[:, None, None]).numpy()[rows]
-    x, mask, info = _solve_layer(A_g, B, Fw, r, C, H * W, rtol, dense_limit)
+        if not rows.any():
+            return None, None
+        bias = conv.bias.detach().to(torch.float64) if conv.bias is not None else \
+            torch.zeros(conv.out_channels, dtype=torch.float64)
+        return forward_matrix(conv, L.in_shape, rows), (O[0] - bias[:, None, None]).numpy()[rows]
+
+    x, mask, info = _solve_layer(A_g, B, forward, C, H * W, rtol, dense_limit)
     x_in = torch.from_numpy(np.ascontiguousarray(x)).reshape(C, H, W)
     known_in = torch.from_numpy(mask).reshape(C, H, W)
     # Carry the gradient down: dl/dx = conv_transpose(dl/dO, W); unknown dl/dO spoils what it touches.

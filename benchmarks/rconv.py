@@ -1,0 +1,151 @@
+"""Benchmark of Chapter 3: R-CONV on LeNet and CNN6, against DLG, and how time grows with size.
+
+1. For the first ``n`` images of offline MNIST (1x28x28) and of the 32x32 colour patches,
+   one client each, through DLG's LeNet and R-GAP's CNN6 with ReLU, LeakyReLU(0.2), Sigmoid
+   and Tanh after every conv (weights U(-0.5, 0.5) as DLG and R-CONV, float64):
+   how many images are fully determined by the equations, how many reach PSNR >= 100 dB,
+   the median PSNR and the median seconds per image of ``attacks.conv.reconstruct``.
+2. On the first ``dlg_n`` images of each data set, DLG (L-BFGS, 300 steps as its code) and
+   R-CONV on the same sigmoid LeNet and the same gradients: median PSNR, median seconds and
+   the speed ratio.
+3. Time against image size (32, 64, 128 pixels; patches upsampled): LeNet with sigmoid
+   (whose equations stop determining the image above 32 pixels) and a stride-1 network
+   ``conv(3->3, k5, s1, p2) LeakyReLU conv(3->3, k5, s1, p2) Tanh fc`` that stays determined
+   (its forward equations form a square sparse system at every size).
+
+The last line printed is one JSON object with all of it. PSNR values are in dB with data
+range 1 ("inf" when bit-exact); seconds are wall-clock on this machine, 2 threads.
+
+    python benchmarks/rconv.py                 # n = 100, dlg_n = 10 (about half an hour)
+    python benchmarks/rconv.py --n 5 --dlg-n 2 --sizes 32
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+
+import torch
+from tqdm import tqdm
+
+from leakutils import capture, data, metrics, models
+from leakutils.attacks import conv, dlg
+
+ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh")
+ARCHITECTURES = {
+    "lenet": lambda c, s, act: models.LeNet(c, s, activation=act, dtype=torch.float64),
+    "cnn6": lambda c, s, act: models.cnn6(c, s, activation=act, dtype=torch.float64),
+}
+DATASETS = {"mnist": (1, 28), "patches": (3, 32)}
+
+
+def _num(x: float):
+    return "inf" if math.isinf(x) else round(x, 2)
+
+
+def _model(arch: str, name: str, act: str):
+    c, s = DATASETS[name]
+    return models.init_weights(ARCHITECTURES[arch](c, s, act), "uniform", seed=0)
+
+
+def accuracy(n: int) -> dict:
+    out: dict = {}
+    for name in DATASETS:
+        ds = data.load(name, n, dtype=torch.float64)
+        for arch in ARCHITECTURES:
+            for act in ACTIVATIONS:
+                model = _model(arch, name, act)
+                psnrs, secs, determined = [], [], []
+                for i in tqdm(range(n), desc=f"{name}/{arch}/{act}", leave=False):
+                    x, y = ds[i]
+                    u = capture.client_update(model, x, y)
+                    t0 = time.perf_counter()
+                    rec = conv.reconstruct(model, u, labels=False)
+                    secs.append(time.perf_counter() - t0)
+                    psnrs.append(float(metrics.psnr(rec.images, x)[0]))
+                    determined.append(bool(rec.determined.all()))
+                out[f"{name}/{arch}/{act}"] = {
+                    "images": n, "determined": sum(determined), "exact": sum(p >= 100 for p in psnrs),
+                    "exact_when_determined": sum(p >= 100 for p, d in zip(psnrs, determined) if d),
+                    "median_psnr_db": _num(statistics.median(psnrs)), "median_seconds": statistics.median(secs),
+                }
+    return out
+
+
+def against_dlg(n: int, steps: int) -> dict:
+    out: dict = {}
+    for name in DATASETS:
+        ds = data.load(name, n, dtype=torch.float64)
+        model = _model("lenet", name, "sigmoid")
+        rows = []
+        for i in tqdm(range(n), desc=f"DLG {name}", leave=False):
+            x, y = ds[i]
+            u = capture.client_update(model, x, y)
+            t0 = time.perf_counter()
+            rc = conv.reconstruct(model, u, labels=False)
+            t_rc = time.perf_counter() - t0
+            d = dlg.reconstruct(model, u, iterations=steps, seed=i)
+            rows.append((float(metrics.psnr(rc.images, x)[0]), t_rc, metrics.compare(d, x).mean_psnr,
+                         d.diagnostics["seconds"]))
+        p_rc, t_rc, p_dlg, t_dlg = (statistics.median(c) for c in zip(*rows))
+        out[name] = {"images": n, "model": "lenet/sigmoid", "dlg_steps": steps,
+                     "rconv_median_psnr_db": _num(p_rc), "rconv_median_seconds": t_rc,
+                     "dlg_median_psnr_db": _num(p_dlg), "dlg_median_seconds": t_dlg,
+                     "speed_ratio": t_dlg / t_rc}
+    return out
+
+
+def scaling(sizes, repeats: int = 3) -> dict:
+    out: dict = {}
+    nets = {
+        "lenet/sigmoid": lambda s: models.LeNet(3, s, activation="sigmoid", dtype=torch.float64),
+        "stride1/leaky_relu+tanh": lambda s: models.ConvNet(3, s, [(3, 5, 1, 2, "leaky_relu"),
+                                                                   (3, 5, 1, 2, "tanh")], dtype=torch.float64),
+    }
+    for label, make in nets.items():
+        for size in sizes:
+            ds = data.load("patches", repeats, size=size, dtype=torch.float64)
+            model = models.init_weights(make(size), "uniform", seed=0)
+            secs, psnrs, det = [], [], []
+            for i in range(repeats):
+                x, y = ds[i]
+                u = capture.client_update(model, x, y)
+                t0 = time.perf_counter()
+                rec = conv.reconstruct(model, u, labels=False)
+                secs.append(time.perf_counter() - t0)
+                psnrs.append(float(metrics.psnr(rec.images, x)[0]))
+                det.append(rec.fraction_determined)
+            out[f"{label}/{size}"] = {"pixels": size, "median_seconds": statistics.median(secs),
+                                      "median_psnr_db": _num(statistics.median(psnrs)),
+                                      "determined": statistics.median(det)}
+    return out
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100, help="images per data set for part 1 (default 100)")
+    parser.add_argument("--dlg-n", type=int, default=10, help="images per data set for DLG (default 10)")
+    parser.add_argument("--dlg-steps", type=int, default=300, help="DLG's L-BFGS steps (default 300)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128])
+    args = parser.parse_args(argv)
+    if min(args.n, args.dlg_n, args.dlg_steps) < 1:
+        parser.error("--n, --dlg-n and --dlg-steps must be positive")
+    torch.set_num_threads(2)
+    results = {"accuracy": accuracy(args.n), "dlg": against_dlg(args.dlg_n, args.dlg_steps),
+               "scaling": scaling(args.sizes)}
+    for key, r in results["accuracy"].items():
+        print(f"{key:28s} determined {r['determined']:3d}/{r['images']}  exact {r['exact']:3d}/{r['images']}  "
+              f"median {r['median_psnr_db']} dB  {r['median_seconds']:.3f} s")
+    for key, r in results["dlg"].items():
+        print(f"DLG {key}: R-CONV {r['rconv_median_psnr_db']} dB in {r['rconv_median_seconds']:.3f} s; "
+              f"DLG {r['dlg_median_psnr_db']} dB in {r['dlg_median_seconds']:.1f} s; ratio {r['speed_ratio']:.0f}x")
+    for key, r in results["scaling"].items():
+        print(f"{key:32s} {r['median_seconds']:.3f} s  {r['median_psnr_db']} dB  determined {r['determined']:.2f}")
+    print(json.dumps(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -18,7 +18,8 @@ from .core import Reconstruction
 from .metrics import Scores
 
 __all__ = ["BiasRatioDemo", "bias_ratio_demo", "show_bias_ratio_demo", "bias_ratio_panel",
-           "PropagationDemo", "propagation_demo", "show_propagation_demo", "propagation_panel"]
+           "PropagationDemo", "propagation_demo", "show_propagation_demo", "propagation_panel",
+           "ConvDemo", "conv_demo", "show_conv_demo", "conv_panel"]
 
 #: Data sets offered by the Chapter 1 panel.
 DEMO_DATASETS = ("mnist", "lfw", "patches", "retina", "digits")
@@ -291,3 +292,115 @@ def propagation_panel():
 
     out = W.interactive_output(draw, {"activation": act, "dataset": ds, "index": idx})
     return W.VBox([W.HBox([act, ds, idx]), out])
+
+
+# --------------------------------------------------------------------------- Chapter 3
+
+
+@dataclass
+class ConvDemo:
+    """One run of Chapter 3's panel: a one-conv-layer network attacked by R-CONV.
+
+    Attributes
+    ----------
+    image : torch.Tensor
+        The client's image ``(1, C, H, W)``, float64.
+    reconstruction : Reconstruction
+    psnr : float
+        dB, data range 1 (``inf`` when bit-exact).
+    layer : dict
+        The conv layer's diagnostics (unknowns, equations, rank, condition, solver).
+    counts : dict
+        :func:`leakutils.attacks.conv.count_constraints` of the layer.
+    """
+
+    image: torch.Tensor
+    reconstruction: Reconstruction
+    psnr: float
+    layer: dict
+    counts: dict
+
+
+def conv_demo(filters: int = 4, kernel: int = 5, stride: int = 2, activation: str = "tanh", *,
+              dataset: str = "mnist", index: int = 0, size: int = 16, method: str = "rconv",
+              seed: int = 0) -> ConvDemo:
+    """Attack ``conv(C->filters, kernel, stride, padding=kernel//2) -> activation -> fc`` with R-CONV.
+
+    The image is resized to ``size x size`` so that the dense rank analysis stays instant;
+    weights are drawn from U(-0.5, 0.5) as in DLG and R-CONV, float64.
+
+    Raises
+    ------
+    ValueError
+        Sizes out of range (filters 1..64, kernel 1..9, stride 1..4), an unknown activation,
+        data set or method.
+    """
+    from .attacks import conv as conv_attack
+
+    if not (isinstance(filters, int) and 1 <= filters <= 64):
+        raise ValueError(f"filters must be an integer in 1..64, got {filters!r}")
+    if not (isinstance(kernel, int) and 1 <= kernel <= 9) or not (isinstance(stride, int) and 1 <= stride <= 4):
+        raise ValueError(f"kernel must be in 1..9 and stride in 1..4, got {kernel!r}, {stride!r}")
+    if activation not in DEMO_ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(DEMO_ACTIVATIONS)}, got {activation!r}")
+    if dataset not in DEMO_DATASETS:
+        raise ValueError(f"dataset must be one of {DEMO_DATASETS}, got {dataset!r}")
+    ds = data.load(dataset, index + 1, size=size, dtype=torch.float64)
+    x, y = ds[index]
+    net = models.ConvNet(ds.shape[0], size, [(filters, kernel, stride, kernel // 2, activation)],
+                         num_classes=max(10, len(ds.classes)), dtype=torch.float64)
+    models.init_weights(net, "uniform", seed=seed)
+    update = client_update(net, x, y)
+    rec = conv_attack.reconstruct(net, update, method=method)
+    counts = conv_attack.count_constraints(net.conv1, ds.shape, net.act1, seed=seed)
+    return ConvDemo(image=x, reconstruction=rec, psnr=float(metrics.psnr(rec.images, x)[0]),
+                    layer=rec.diagnostics["layers"][0], counts=counts)
+
+
+def show_conv_demo(result: ConvDemo):
+    """Plot a :class:`ConvDemo`: the image, the reconstruction and what the equations fix."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.9))
+    L = result.layer
+    det = result.reconstruction.determined[0].double().mean(0)
+    plot._show(axes[0], result.image[0], "original")
+    psnr = "exact" if result.psnr == float("inf") else f"{result.psnr:.1f} dB"
+    plot._show(axes[1], result.reconstruction.images[0], f"R-CONV: {psnr}")
+    axes[2].imshow(det.numpy(), cmap="Greens", vmin=0, vmax=1)
+    axes[2].set_xticks([])
+    axes[2].set_yticks([])
+    axes[2].set_title(f"determined: {float(det.mean()):.0%}", fontsize=plot.FONT)
+    fig.suptitle(f"rank {L['rank']} of {L['unknowns']} unknowns; {L['gradient_equations']} weight-gradient and "
+                 f"{L['forward_equations']} forward equations", fontsize=plot.FONT)
+    fig.tight_layout()
+    return fig
+
+
+def conv_panel():
+    """A live panel: filters, kernel, stride and activation of one conv layer; see rank, PSNR, image.
+
+    Raises
+    ------
+    ImportError
+        When ``ipywidgets`` is not installed.
+    """
+    try:
+        import ipywidgets as W
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("the live panels need ipywidgets: pip install ipywidgets") from err
+    import matplotlib.pyplot as plt
+
+    controls = {
+        "filters": W.IntSlider(value=4, min=1, max=32, description="filters"),
+        "kernel": W.IntSlider(value=5, min=1, max=7, step=2, description="kernel"),
+        "stride": W.IntSlider(value=2, min=1, max=4, description="stride"),
+        "activation": W.Dropdown(options=list(DEMO_ACTIVATIONS), value="tanh", description="activation"),
+    }
+
+    def draw(filters, kernel, stride, activation):
+        show_conv_demo(conv_demo(filters, kernel, stride, activation))
+        plt.show()
+
+    out = W.interactive_output(draw, controls)
+    return W.VBox([W.HBox(list(controls.values())[:2]), W.HBox(list(controls.values())[2:]), out])

@@ -240,68 +240,100 @@ def _svd_rank(s: np.ndarray, rtol: float) -> int:
     return int((s > rtol * s[0]).sum()) if s.size and s[0] > 0 else 0
 
 
+# A sparse solution is accepted only if its condition estimate leaves float64 enough digits.
+_MAX_CONDITION = 1e12
+
+
 def _solve_layer(A_g, B, forward, C: int, n: int, rtol: float, dense_limit: int) \
         -> tuple[np.ndarray, np.ndarray, dict]:
     """Solve one layer; returns x (C, n), determined mask (C, n) and diagnostics.
 
     ``forward`` is a callable returning the forward equations ``(Fw, r)`` (or ``(None, None)``);
     it is called only when the weight-gradient equations alone do not settle the layer.
+    Order of the solvers:
+
+    1. weight-gradient equations alone (one reduced SVD of the shared matrix), if full rank;
+    2. a square forward system by sparse LU, if well conditioned;
+    3. both together, densely, once the gradient equations leave few unknowns (null-space
+       elimination; exact ranks and the mask of undetermined pixels);
+    4. a tall forward system by the normal equations, if well conditioned;
+    5. step 3 with the full SVD of the shared matrix, within ``dense_limit``.
     """
     info: dict = {"unknowns": C * n, "gradient_equations": 0 if A_g is None else C * A_g.shape[0]}
-    # 1. Weight-gradient equations alone, when the shared matrix has full column rank.
+    svd = None
     if A_g is not None and A_g.shape[0] >= n:
-        U, s, Vt = np.linalg.svd(A_g, full_matrices=False)
+        svd = np.linalg.svd(A_g, full_matrices=False)  # Vt is n x n
+        U, s, Vt = svd
         rank = _svd_rank(s, rtol)
         info.update(gradient_rank=rank)
-        if rank == n:
+        if rank == n:  # 1.
             x = (Vt.T @ ((U.T @ B) / s[:, None])).T
             info.update(solver="gradient equations (shared SVD)", rank=C * n, condition=float(s[0] / s[-1]),
                         residual=_rel(A_g @ x.T - B, B), forward_equations=0)
             return x, np.ones((C, n), bool), info
     Fw, r = forward()
     info["forward_equations"] = 0 if Fw is None else Fw.shape[0]
-    # 2. Forward equations alone, sparse, when there are enough of them.
-    if Fw is not None and Fw.shape[0] >= C * n:
-        try:
-            x, cond = _sparse_solve(Fw, r)
-        except RuntimeError:  # exactly singular: fall through to the dense analysis
-            x = None
-        if x is not None and np.all(np.isfinite(x)):
-            res_f = _rel(Fw @ x - r, r)
-            res_g = _rel(A_g @ x.reshape(C, n).T - B, B) if A_g is not None else 0.0
-            if res_f < 1e-8 and res_g < 1e-6:
-                info.update(solver="forward equations (sparse LU)", rank=C * n, condition=cond,
-                            residual=max(res_f, res_g))
-                return x.reshape(C, n), np.ones((C, n), bool), info
-    # 3. Dense least squares on everything, with the null space to mark what is undetermined.
+    if Fw is not None and Fw.shape[0] == C * n:  # 2.
+        done = _try_sparse(Fw, r, A_g, B, C, n, info)
+        if done is not None:
+            return done
+    if svd is not None and C * (n - info["gradient_rank"]) <= min(dense_limit, 1024):  # 3.
+        return _dense(A_g, B, Fw, r, C, n, rtol, svd, info)
+    if Fw is not None and Fw.shape[0] > C * n:  # 4.
+        done = _try_sparse(Fw, r, A_g, B, C, n, info)
+        if done is not None:
+            return done
+    return _dense(A_g, B, Fw, r, C, n, rtol, svd, info, dense_limit)  # 5.
+
+
+def _try_sparse(Fw, r, A_g, B, C, n, info):
+    try:
+        x, cond = _sparse_solve(Fw, r)
+    except RuntimeError:  # exactly singular
+        return None
+    if not np.all(np.isfinite(x)) or (cond is not None and cond > _MAX_CONDITION):
+        return None
+    res_f = _rel(Fw @ x - r, r)
+    res_g = _rel(A_g @ x.reshape(C, n).T - B, B) if A_g is not None else 0.0
+    if res_f > 1e-8 or res_g > 1e-6:
+        return None
+    kind = "sparse LU" if Fw.shape[0] == Fw.shape[1] else "sparse normal equations" if cond else "LSMR"
+    info.update(solver=f"forward equations ({kind})", rank=C * n, condition=cond, residual=max(res_f, res_g))
+    return x.reshape(C, n), np.ones((C, n), bool), info
+
+
+def _dense(A_g, B, Fw, r, C, n, rtol, svd, info, dense_limit=None):
+    """Both families densely: the gradient equations fix each channel up to the null space N of
+    the shared matrix; the forward equations are solved for the null-space coordinates."""
     if A_g is not None and A_g.shape[0]:
-        U, s, Vt = np.linalg.svd(A_g, full_matrices=A_g.shape[0] < n)  # Vt is n x n either way
+        if svd is None or svd[2].shape[0] < n:
+            svd = np.linalg.svd(A_g, full_matrices=A_g.shape[0] < n)  # Vt is n x n either way
+        U, s, Vt = svd
         rg = _svd_rank(s, rtol)
         info.setdefault("gradient_rank", rg)
         xp = (Vt[:rg].T @ ((U[:, :rg].T @ B) / s[:rg, None])).T  # (C, n) particular, min-norm
         N = Vt[rg:].T  # (n, d) null space of the shared matrix
     else:
-        rg, xp, N = 0, np.zeros((C, n)), np.eye(n)
+        rg, s, xp, N = 0, None, np.zeros((C, n)), np.eye(n)
     d = N.shape[1]
-    if d == 0:  # determined by the gradient equations after all (rank counted with rtol)
-        info.update(solver="gradient equations (shared SVD)", rank=C * n,
-                    condition=float(s[0] / s[rg - 1]), residual=_rel(A_g @ xp.T - B, B))
+    grad_res = _rel(A_g @ xp.T - B, B) if A_g is not None else None
+    if d == 0:  # determined by the gradient equations after all
+        info.update(solver="gradient equations (shared SVD)", rank=C * n, condition=float(s[0] / s[rg - 1]),
+                    residual=grad_res)
         return xp, np.ones((C, n), bool), info
     if Fw is None or Fw.shape[0] == 0:
         mask = np.broadcast_to(np.linalg.norm(N, axis=1) < 1e-8, (C, n)).copy()
         info.update(solver="gradient equations, rank-deficient (minimum norm)", rank=C * rg,
-                    condition=float(s[0] / s[rg - 1]) if rg else None,
-                    residual=_rel(A_g @ xp.T - B, B) if A_g is not None else None)
+                    condition=float(s[0] / s[rg - 1]) if rg else None, residual=grad_res)
         return xp, mask, info
-    if C * d > dense_limit:  # the reduced system is too large for a dense SVD
-        x = xp.copy()
+    if dense_limit is not None and C * d > dense_limit:
         info.update(solver="not analysed: the reduced system is too large for a dense rank analysis "
                            "(raise dense_limit)", rank=None, condition=None, residual=None)
-        return x, np.zeros((C, n), bool), info
-    Fd = Fw.toarray()
-    blocks = [Fd[:, c * n:(c + 1) * n] @ N for c in range(C)]
-    Mz = np.hstack(blocks)  # (nf, C d)
-    rhs = r - sum(Fd[:, c * n:(c + 1) * n] @ xp[c] for c in range(C))
+        return xp.copy(), np.zeros((C, n), bool), info
+    Fc = Fw.tocsc()
+    cols = [Fc[:, c * n:(c + 1) * n] for c in range(C)]
+    Mz = np.hstack([np.asarray(blk @ N) for blk in cols])  # (nf, C d)
+    rhs = r - sum(np.asarray(blk @ xp[c]).ravel() for c, blk in enumerate(cols))
     Um, sm, Vmt = np.linalg.svd(Mz, full_matrices=Mz.shape[0] < Mz.shape[1])
     rm = _svd_rank(sm, rtol)
     z = Vmt[:rm].T @ ((Um[:, :rm].T @ rhs) / sm[:rm]) if rm else np.zeros(C * d)
@@ -309,9 +341,7 @@ def _solve_layer(A_g, B, forward, C: int, n: int, rtol: float, dense_limit: int)
     null = Vmt[rm:].T  # (C d, k)
     free = np.concatenate([np.linalg.norm(N @ null[c * d:(c + 1) * d], axis=1) for c in range(C)])
     mask = (free < 1e-8).reshape(C, n)
-    res = [_rel(Fd @ x.reshape(-1) - r, r)]
-    if A_g is not None:
-        res.append(_rel(A_g @ x.T - B, B))
+    res = [_rel(Fw @ x.reshape(-1) - r, r)] + ([_rel(A_g @ x.T - B, B)] if A_g is not None else [])
     info.update(solver="gradient and forward equations (dense, null-space elimination)", rank=C * rg + rm,
                 condition=float(sm[0] / sm[rm - 1]) if rm else None, residual=max(res))
     return x, mask, info
@@ -511,7 +541,8 @@ def count_constraints(conv: nn.Conv2d, input_shape, activation: nn.Module | None
         The activation after the layer (default: identity). It decides which forward
         equations exist (invertible outputs) and how many ``dl/dO`` entries are zero.
     seed : int
-        The rank is measured on a random instance: input ``U(0, 1)``, ``dl/dX ~ N(0, 1)``.
+        The rank is measured on a random instance (input ``U(0, 1)``, ``dl/dX ~ N(0, 1)``) with
+        the attack's own solvers, so large layers are measured as fast as they are attacked.
     rtol : float
         Relative tolerance of the rank decisions.
 
@@ -553,21 +584,24 @@ def count_constraints(conv: nn.Conv2d, input_shape, activation: nn.Module | None
         X = copy.deepcopy(act).double()(O)
     gX = torch.randn(X.shape, generator=gen, dtype=torch.float64)
     dO = acts.propagate(act, X, gX)[0]
-    _, O_det = acts.invert(act, X)
+    O_pre, O_det = acts.invert(act, X)
     A_g = gradient_matrix(conv64, dO.numpy(), (H, W))
-    Fw = forward_matrix(conv64, (C, H, W), O_det[0].numpy())
+    B = A_g @ x[0].reshape(C, H * W).numpy().T
+    rows = O_det[0].numpy()
+    Fw = forward_matrix(conv64, (C, H, W), rows)
+    bias = conv64.bias.detach() if conv64.bias is not None else torch.zeros(conv64.out_channels, dtype=torch.float64)
+    r = (O_pre[0] - bias[:, None, None]).numpy()[rows]
     s_g = np.linalg.svd(A_g, compute_uv=False)
     rank_g = _svd_rank(s_g, rtol)
+    _, mask, info = _solve_layer(A_g, B, lambda: (Fw, r) if Fw.shape[0] else (None, None), C, H * W, rtol,
+                                 dense_limit=10 ** 9)
+    rank = info["rank"]
     F_, oh, ow = O.shape[1:]
-    full = np.vstack([np.kron(np.eye(C), A_g), Fw.toarray()]) if Fw.shape[0] else np.kron(np.eye(C), A_g)
-    _, s, Vt = np.linalg.svd(full, full_matrices=True)
-    rank = _svd_rank(s, rtol)
-    free = np.linalg.norm(Vt[rank:].T, axis=1) if rank < C * H * W else np.zeros(C * H * W)
     unknowns = C * H * W
     A_count, B_count = F_ * oh * ow, F_ * conv.kernel_size[0] * conv.kernel_size[1]
     return {
         "unknowns": unknowns, "forward_equations": A_count, "gradient_equations": C * B_count,
         "forward_available": int(Fw.shape[0]), "gradient_rank_per_channel": rank_g, "rank": rank,
-        "determined": float((free < 1e-8).mean()),
+        "determined": float(mask.mean()),
         "bound_safe": unknowns > A_count + C * B_count,
     }

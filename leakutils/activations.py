@@ -36,7 +36,7 @@ from torch import nn
 from .models import ArcTan
 
 __all__ = ["RULES", "ActivationRule", "rule_for", "derivative_from_output", "propagate", "invert",
-           "is_invertible"]
+           "is_invertible", "snap_to_range"]
 
 
 @dataclass(frozen=True)
@@ -265,6 +265,42 @@ def is_invertible(activation: nn.Module) -> bool:
     if isinstance(activation, nn.PReLU) and bool((activation.weight == 0).any()):
         return False
     return rule_for(activation).invertible
+
+
+def snap_to_range(activation: nn.Module, X: torch.Tensor, rtol: float = 1e-9) -> torch.Tensor:
+    """Put a rebuilt activation output back into the activation's range.
+
+    Round-off can leave a rebuilt output a hair outside the range (a sigmoid output of
+    ``1 + 1e-16``, a ReLU output of ``-1e-15``). This clamps it; for ReLU, outputs within
+    ``rtol * max|X|`` of zero become exactly zero (an inactive unit), so that the derivative
+    ``1 if X > 0 else 0`` does not flip on noise.
+
+    Returns
+    -------
+    torch.Tensor
+        float64, the shape of ``X``.
+
+    Raises
+    ------
+    TypeError
+        Unsupported activation or non-tensor input.
+    """
+    X = _check_output(activation, X)
+    name = rule_for(activation).name
+    if name == "relu":
+        tol = rtol * float(X.abs().max() or 1.0)
+        return torch.where(X > tol, X, torch.zeros_like(X))
+    if name == "sigmoid":
+        return X.clamp(0.0, 1.0)
+    if name == "tanh":
+        return X.clamp(-1.0, 1.0)
+    if name == "softplus":
+        return X.clamp_min(0.0)
+    if name == "elu":
+        return X.clamp_min(-float(activation.alpha))
+    if name == "arctan":
+        return X.clamp(-math.pi / 2, math.pi / 2)
+    return X
 
 
 def _in_range(X: torch.Tensor, low: float, high: float, name: str) -> None:

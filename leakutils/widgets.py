@@ -217,7 +217,7 @@ def propagation_demo(activation: str = "sigmoid", dataset: str = "mnist", index:
     update = client_update(model, x, y)
     X = bias_ratio.reconstruct(model, update, layer="fc2", labels=False).images[0]
     grad_X = bias_ratio.layer_input_gradient(model, update, "fc2")
-    X = _snap_to_range(model.act1, X)
+    X = activations.snap_to_range(model.act1, X)
     propagated = activations.propagate(model.act1, X, grad_X)
     true = update["fc1.bias"].to(torch.float64)
     scale = float(true.abs().max()) or 1.0
@@ -225,27 +225,6 @@ def propagation_demo(activation: str = "sigmoid", dataset: str = "mnist", index:
     return PropagationDemo(activation=activation, X=X, propagated=propagated, true=true,
                            max_error=float((propagated - true).abs().max()) / scale,
                            lost=1.0 - float(determined.double().mean()))
-
-
-def _snap_to_range(act, X: torch.Tensor, rtol: float = 1e-9) -> torch.Tensor:
-    """Round-off can push a rebuilt output a hair outside the activation's range; put it back.
-
-    For ReLU, outputs within ``rtol * max|X|`` of zero are set to exactly zero (an inactive unit).
-    """
-    from torch import nn
-
-    tol = rtol * float(X.abs().max() or 1.0)
-    if isinstance(act, nn.ReLU):
-        return torch.where(X > tol, X, torch.zeros_like(X))
-    if isinstance(act, nn.Sigmoid):
-        return X.clamp(0.0, 1.0)
-    if isinstance(act, nn.Tanh):
-        return X.clamp(-1.0, 1.0)
-    if isinstance(act, nn.Softplus):
-        return X.clamp_min(0.0)
-    if isinstance(act, nn.ELU):
-        return X.clamp_min(-float(act.alpha))
-    return X
 
 
 def show_propagation_demo(result: PropagationDemo):

@@ -110,3 +110,12 @@ def test_bad_inputs(act, X, err, match):
 def test_bad_gradient_shape():
     with pytest.raises(ValueError, match="shape of X"):
         activations.propagate(nn.Tanh(), torch.zeros(3), torch.zeros(2))
+
+
+def test_snap_to_range():
+    X = torch.tensor([[-1e-15, 1e-14, 0.5]], dtype=torch.float64)
+    assert activations.snap_to_range(nn.ReLU(), X).tolist() == [[0.0, 0.0, 0.5]]
+    assert float(activations.snap_to_range(nn.Sigmoid(), torch.tensor([1 + 1e-15]))) == 1.0
+    assert float(activations.snap_to_range(nn.ELU(alpha=0.5), torch.tensor([-0.6]))) == -0.5
+    with pytest.raises(TypeError, match="no rule"):
+        activations.snap_to_range(nn.SiLU(), X)

@@ -96,3 +96,29 @@ def test_propagation_demo_plot_and_errors():
     import ipywidgets  # part of the test extra
 
     assert isinstance(widgets.propagation_panel(), ipywidgets.VBox)
+
+
+def test_conv_demo_boundary_and_plot():
+    few = widgets.conv_demo(filters=2, kernel=5, stride=2, activation="tanh", size=12)
+    enough = widgets.conv_demo(filters=6, kernel=5, stride=2, activation="tanh", size=12)
+    assert few.layer["rank"] < few.layer["unknowns"] and not few.reconstruction.determined.all()
+    assert enough.psnr >= 100 and enough.reconstruction.determined.all()
+    assert few.counts["bound_safe"] and not enough.counts["bound_safe"]
+    assert isinstance(widgets.show_conv_demo(enough), matplotlib.figure.Figure)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(filters=0), "filters"),
+    (dict(kernel=10), "kernel"),
+    (dict(activation="silu"), "activation"),
+    (dict(dataset="cifar10"), "dataset"),
+])
+def test_conv_demo_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        widgets.conv_demo(**kwargs)
+
+
+def test_conv_panel_builds():
+    import ipywidgets  # part of the test extra
+
+    assert isinstance(widgets.conv_panel(), ipywidgets.VBox)

@@ -21,21 +21,21 @@ reported; where it is rank-deficient, the minimum-norm solution is returned and 
 the equations do not fix are marked in ``Reconstruction.determined``. Nothing divides by a
 gradient without a tolerance, and no singular system raises.
 
-Solvers, chosen per layer: gradient equations alone when they have full column rank (one
-SVD of the shared ``F K^2 x H W`` matrix); otherwise the forward equations as a sparse system
-(sparse LU) when there are enough of them; otherwise the two together, densely: the
-gradient equations fix each channel up to the null space of the shared matrix, and the
-forward equations are solved for the null-space coordinates.
+Solvers, chosen per layer (see ``_solve_layer``): the weight-gradient equations alone when
+their shared ``F K^2 x H W`` matrix has full column rank (one SVD); a square forward system
+by sparse LU; both families together, densely, once the gradient equations leave few
+unknowns (they fix each channel up to the null space of the shared matrix, and the forward
+equations are solved for the null-space coordinates); a tall forward system by its normal
+equations. Sparse solutions are accepted only with small residuals and a condition
+estimate below 1e12; otherwise the dense analysis decides, within ``dense_limit``.
 """
 from __future__ import annotations
 
 import copy
-import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-import scipy.linalg as sla
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
@@ -469,28 +469,11 @@ def reconstruct(model: nn.Module, update: Update, *, method: str = "rconv", rtol
                           attack=f"conv/{method}")
 
 
-def _snap(act: nn.Module, X: torch.Tensor) -> torch.Tensor:
-    tol = 1e-9 * float(X.abs().max() or 1.0)
-    if isinstance(act, nn.ReLU):
-        return torch.where(X > tol, X, torch.zeros_like(X))
-    if isinstance(act, nn.Sigmoid):
-        return X.clamp(0.0, 1.0)
-    if isinstance(act, nn.Tanh):
-        return X.clamp(-1.0, 1.0)
-    if isinstance(act, nn.Softplus):
-        return X.clamp_min(0.0)
-    if isinstance(act, nn.ELU):
-        return X.clamp_min(-float(act.alpha))
-    if isinstance(act, acts.ArcTan):
-        return X.clamp(-math.pi / 2, math.pi / 2)
-    return X
-
-
 def _invert_layer(L: ConvLayer, update: Update, X, X_known, gX, gX_known, method, rtol, dense_limit):
     """Rebuild the input of conv layer L from its output X (and dl/dX)."""
     conv, act = L.conv, L.activation
     C, H, W = L.in_shape
-    X = _snap(act, X)
+    X = acts.snap_to_range(act, X)
     dO = acts.propagate(act, X[None], gX[None])[0]
     dO_known = X_known & gX_known
     dW = layer_gradient(update, f"{L.name}.weight", conv.weight)

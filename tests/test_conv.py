@@ -174,3 +174,24 @@ def test_bad_arguments(digit):
         conv.count_constraints(nn.Linear(2, 2), (1, 4, 4))
     with pytest.raises(ValueError, match="input channels"):
         conv.count_constraints(nn.Conv2d(3, 2, 3), (1, 8, 8))
+
+
+@pytest.mark.parametrize("factory, kwargs", [
+    (models.lenet_o, {"activation": "tanh"}),
+    (models.cnn6, {}),
+    (models.cnn6_o, {}),
+    (models.rconv_net, {"activation": "sigmoid"}),
+    (models.lenet_4_relu, {}),
+    (models.lenet_all_relu, {"first_filters": 32}),
+])
+def test_every_paper_architecture_is_attacked_consistently(digit, factory, kwargs):
+    x, y = digit
+    net = models.init_weights(factory(1, 28, dtype=torch.float64, **kwargs), "default", seed=0)
+    rec = conv.reconstruct(net, capture.client_update(net, x, y))
+    assert len(rec.diagnostics["layers"]) == sum(isinstance(m, nn.Conv2d) for m in net.modules())
+    det = rec.determined
+    assert torch.allclose(rec.images[det], x[det], atol=1e-6)  # what is marked fixed is right
+    if det.all():
+        assert float(metrics.psnr(rec.images, x)) >= 100
+    if factory in (models.lenet_o, models.cnn6, models.rconv_net):  # invertible activations: exact
+        assert det.all()

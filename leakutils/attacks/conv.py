@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
@@ -236,6 +237,17 @@ def forward_matrix(conv: nn.Conv2d, in_shape: tuple, rows: np.ndarray | None = N
     return M
 
 
+def _svd(a: np.ndarray, full_matrices: bool = True, compute_uv: bool = True):
+    """SVD with a fallback: LAPACK's divide-and-conquer (gesdd) rarely fails to converge on
+    nearly degenerate matrices; the slower QR-iteration driver (gesvd) then takes over."""
+    if not np.all(np.isfinite(a)):
+        raise np.linalg.LinAlgError("the system contains NaN or infinite coefficients")
+    try:
+        return np.linalg.svd(a, full_matrices=full_matrices, compute_uv=compute_uv)
+    except np.linalg.LinAlgError:
+        return scipy.linalg.svd(a, full_matrices=full_matrices, compute_uv=compute_uv, lapack_driver="gesvd")
+
+
 def _svd_rank(s: np.ndarray, rtol: float) -> int:
     return int((s > rtol * s[0]).sum()) if s.size and s[0] > 0 else 0
 
@@ -262,7 +274,7 @@ def _solve_layer(A_g, B, forward, C: int, n: int, rtol: float, dense_limit: int)
     info: dict = {"unknowns": C * n, "gradient_equations": 0 if A_g is None else C * A_g.shape[0]}
     svd = None
     if A_g is not None and A_g.shape[0] >= n:
-        svd = np.linalg.svd(A_g, full_matrices=False)  # Vt is n x n
+        svd = _svd(A_g, full_matrices=False)  # Vt is n x n
         U, s, Vt = svd
         rank = _svd_rank(s, rtol)
         info.update(gradient_rank=rank)
@@ -307,7 +319,7 @@ def _dense(A_g, B, Fw, r, C, n, rtol, svd, info, dense_limit=None):
     the shared matrix; the forward equations are solved for the null-space coordinates."""
     if A_g is not None and A_g.shape[0]:
         if svd is None or svd[2].shape[0] < n:
-            svd = np.linalg.svd(A_g, full_matrices=A_g.shape[0] < n)  # Vt is n x n either way
+            svd = _svd(A_g, full_matrices=A_g.shape[0] < n)  # Vt is n x n either way
         U, s, Vt = svd
         rg = _svd_rank(s, rtol)
         info.setdefault("gradient_rank", rg)
@@ -334,7 +346,7 @@ def _dense(A_g, B, Fw, r, C, n, rtol, svd, info, dense_limit=None):
     cols = [Fc[:, c * n:(c + 1) * n] for c in range(C)]
     Mz = np.hstack([np.asarray(blk @ N) for blk in cols])  # (nf, C d)
     rhs = r - sum(np.asarray(blk @ xp[c]).ravel() for c, blk in enumerate(cols))
-    Um, sm, Vmt = np.linalg.svd(Mz, full_matrices=Mz.shape[0] < Mz.shape[1])
+    Um, sm, Vmt = _svd(Mz, full_matrices=Mz.shape[0] < Mz.shape[1])
     rm = _svd_rank(sm, rtol)
     z = Vmt[:rm].T @ ((Um[:, :rm].T @ rhs) / sm[:rm]) if rm else np.zeros(C * d)
     x = xp + np.stack([N @ z[c * d:(c + 1) * d] for c in range(C)])
@@ -498,7 +510,13 @@ def _invert_layer(L: ConvLayer, update: Update, X, X_known, gX, gX_known, method
             torch.zeros(conv.out_channels, dtype=torch.float64)
         return forward_matrix(conv, L.in_shape, rows), (O[0] - bias[:, None, None]).numpy()[rows]
 
-    x, mask, info = _solve_layer(A_g, B, forward, C, H * W, rtol, dense_limit)
+    try:
+        x, mask, info = _solve_layer(A_g, B, forward, C, H * W, rtol, dense_limit)
+    except np.linalg.LinAlgError as err:  # report, never crash: nothing below this layer is known
+        x, mask = np.zeros((C, H * W)), np.zeros((C, H * W), bool)
+        info = {"unknowns": C * H * W, "gradient_equations": 0 if A_g is None else C * A_g.shape[0],
+                "forward_equations": None, "rank": None, "condition": None, "residual": None,
+                "solver": f"failed: {err}"}
     x_in = torch.from_numpy(np.ascontiguousarray(x)).reshape(C, H, W)
     known_in = torch.from_numpy(mask).reshape(C, H, W)
     # Carry the gradient down: dl/dx = conv_transpose(dl/dO, W); unknown dl/dO spoils what it touches.
@@ -574,7 +592,7 @@ def count_constraints(conv: nn.Conv2d, input_shape, activation: nn.Module | None
     Fw = forward_matrix(conv64, (C, H, W), rows)
     bias = conv64.bias.detach() if conv64.bias is not None else torch.zeros(conv64.out_channels, dtype=torch.float64)
     r = (O_pre[0] - bias[:, None, None]).numpy()[rows]
-    s_g = np.linalg.svd(A_g, compute_uv=False)
+    s_g = _svd(A_g, compute_uv=False)
     rank_g = _svd_rank(s_g, rtol)
     _, mask, info = _solve_layer(A_g, B, lambda: (Fw, r) if Fw.shape[0] else (None, None), C, H * W, rtol,
                                  dense_limit=10 ** 9)

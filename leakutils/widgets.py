@@ -56,6 +56,15 @@ class BiasRatioDemo:
         return int((self.row_psnr >= 100).sum())
 
 
+def _ipywidgets():
+    """Import ipywidgets for a panel, with an error that says how to get it."""
+    try:
+        import ipywidgets
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("the live panels need ipywidgets: pip install ipywidgets") from err
+    return ipywidgets
+
+
 @lru_cache(maxsize=8)
 def _model(shape: tuple, width: int, num_classes: int, seed: int):
     torch.manual_seed(seed)
@@ -133,10 +142,7 @@ def bias_ratio_panel(width: int = 256):
     ImportError
         When ``ipywidgets`` is not installed (``pip install ipywidgets``).
     """
-    try:
-        import ipywidgets as W
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("the live panels need ipywidgets: pip install ipywidgets") from err
+    W = _ipywidgets()
     import matplotlib.pyplot as plt
 
     ds = W.Dropdown(options=DEMO_DATASETS, value="mnist", description="data set")
@@ -255,10 +261,7 @@ def propagation_panel():
     ImportError
         When ``ipywidgets`` is not installed.
     """
-    try:
-        import ipywidgets as W
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("the live panels need ipywidgets: pip install ipywidgets") from err
+    W = _ipywidgets()
     import matplotlib.pyplot as plt
 
     act = W.Dropdown(options=list(DEMO_ACTIVATIONS), value="sigmoid", description="activation")
@@ -364,10 +367,7 @@ def conv_panel():
     ImportError
         When ``ipywidgets`` is not installed.
     """
-    try:
-        import ipywidgets as W
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("the live panels need ipywidgets: pip install ipywidgets") from err
+    W = _ipywidgets()
     import matplotlib.pyplot as plt
 
     controls = {

@@ -10,7 +10,7 @@ pairwise MSE, ``scipy.optimize.linear_sum_assignment``), as the breaching framew
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -214,7 +214,6 @@ class Scores:
     rec_idx: np.ndarray
     true_idx: np.ndarray
     label_accuracy: float | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def mean_psnr(self) -> float:

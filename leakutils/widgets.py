@@ -65,6 +65,12 @@ def _ipywidgets():
     return ipywidgets
 
 
+@lru_cache(maxsize=len(DEMO_DATASETS))
+def _dataset(name: str):
+    """A data set in float64, loaded once per session: the panels call back on every slider move."""
+    return data.load(name, dtype=torch.float64)
+
+
 @lru_cache(maxsize=8)
 def _model(shape: tuple, width: int, num_classes: int, seed: int):
     torch.manual_seed(seed)
@@ -103,7 +109,7 @@ def bias_ratio_demo(dataset: str = "mnist", index: int = 0, batch_size: int = 1,
         raise ValueError(f"batch_size must be an integer in 1..64, got {batch_size!r}")
     if not isinstance(index, int) or index < 0:
         raise ValueError(f"index must be a non-negative integer, got {index!r}")
-    ds = data.load(dataset, dtype=torch.float64)
+    ds = _dataset(dataset)
     if index + batch_size > len(ds):
         raise ValueError(f"{dataset!r} has {len(ds)} images; a batch of {batch_size} from index {index} runs past the end")
     x, y = ds.images[index:index + batch_size], ds.labels[index:index + batch_size]
@@ -213,7 +219,7 @@ def propagation_demo(activation: str = "sigmoid", dataset: str = "mnist", index:
         raise ValueError(f"activation must be one of {sorted(DEMO_ACTIVATIONS)}, got {activation!r}")
     if dataset not in DEMO_DATASETS:
         raise ValueError(f"dataset must be one of {DEMO_DATASETS}, got {dataset!r}")
-    ds = data.load(dataset, dtype=torch.float64)
+    ds = _dataset(dataset)
     if not isinstance(index, int) or not 0 <= index < len(ds):
         raise ValueError(f"index must be in 0..{len(ds) - 1}, got {index!r}")
     torch.manual_seed(seed)

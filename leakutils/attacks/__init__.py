@@ -5,6 +5,6 @@
 - :mod:`leakutils.attacks.conv`: one sample through conv layers as linear systems (R-CONV; Chapter 3).
 - :mod:`leakutils.attacks.dlg`: Deep Leakage from Gradients, the optimisation baseline (Chapter 3).
 """
-from . import bias_ratio, conv, dlg, labels
+from . import bias_ratio, conv, dlg, exan, labels
 
-__all__ = ["bias_ratio", "conv", "dlg", "labels"]
+__all__ = ["bias_ratio", "conv", "dlg", "exan", "labels"]

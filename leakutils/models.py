@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 __all__ = ["ACTIVATIONS", "ArcTan", "make_activation", "MLP", "LeNet", "ConvNet", "lenet_o", "cnn6", "cnn6_o",
-           "rconv_net", "lenet_4_relu", "lenet_all_relu", "init_weights", "count_parameters"]
+           "rconv_net", "lenet_4_relu", "lenet_all_relu", "vgg_small", "init_weights", "count_parameters"]
 
 
 class ArcTan(nn.Module):
@@ -321,6 +321,61 @@ def lenet_all_relu(in_channels: int = 3, image_size=32, num_classes: int = 10, f
     """
     return ConvNet(in_channels, image_size, [(first_filters, 5, 2, 2, "relu"), (16, 5, 2, 2, "relu"),
                                              (12, 5, 1, 2, "relu"), (3, 5, 1, 2, "relu")], num_classes, **kwargs)
+
+
+def vgg_small(in_channels: int = 3, image_size=32, num_classes: int = 10, *, channels=(8, 48, 48),
+              head_width: int = 1024, conv_activation: str = "leaky_relu", dtype: torch.dtype | None = None
+              ) -> nn.Sequential:
+    """A VGG-style CNN scaled to a CPU: 3x3 convs, a fully connected ReLU head.
+
+    ``conv1 (3x3, stride 1) -> conv2 (3x3, stride 2) -> conv3 (3x3, stride 1) -> flatten ->
+    fc1 (head_width) -> ReLU -> out``, every conv followed by ``conv_activation``. It stands in
+    for the VGG-13 of the ExAN paper's ISIC figure (Chapter 4): stride 2 replaces max-pooling,
+    which the conv solver of Chapter 3 does not invert, and the default widths keep every
+    conv layer's forward equations square or tall (``F O_h O_w >= C H W``), so with an
+    invertible activation each layer's input is fixed by its output.
+
+    Parameters
+    ----------
+    in_channels : int
+    image_size : int or (int, int)
+    num_classes : int
+    channels : (int, int, int)
+        Filters of conv1, conv2, conv3.
+    head_width : int
+        Units of the hidden ReLU layer ``fc1``.
+    conv_activation : str
+        Activation after each conv (:data:`ACTIVATIONS`); ``"relu"`` as in VGG.
+    dtype : torch.dtype, optional
+
+    Returns
+    -------
+    nn.Sequential
+        With ``input_shape`` set.
+
+    Raises
+    ------
+    ValueError
+        Bad sizes (see :class:`ConvNet`).
+    """
+    channels = tuple(channels)
+    if len(channels) != 3:
+        raise ValueError(f"channels must give three conv widths, got {channels!r}")
+    if not isinstance(head_width, int) or head_width < 1:
+        raise ValueError(f"head_width must be a positive integer, got {head_width!r}")
+    body = ConvNet(in_channels, image_size, [(channels[0], 3, 1, 1, conv_activation),
+                                             (channels[1], 3, 2, 1, conv_activation),
+                                             (channels[2], 3, 1, 1, conv_activation)], num_classes)
+    layers = [(n, m) for n, m in body.named_children() if n != "fc"]
+    features = body.fc.in_features
+    layers += [("fc1", nn.Linear(features, head_width)), ("fc_act1", nn.ReLU()),
+               ("out", nn.Linear(head_width, num_classes))]
+    model = nn.Sequential(OrderedDict(layers))
+    model.input_shape = body.input_shape
+    if dtype is not None:
+        _check_dtype(dtype)
+        model.to(dtype)
+    return model
 
 
 def init_weights(model: nn.Module, scheme: str = "uniform", *, low: float = -0.5, high: float = 0.5,

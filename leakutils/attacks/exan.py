@@ -290,7 +290,9 @@ def loss_vector_ratios(column: torch.Tensor) -> tuple[torch.Tensor, int]:
 
     The denominator class ``d`` is the column's entry of largest magnitude (never a zero
     entry). For a loss vector that is the true class (``|p_y - 1| = sum_{c != y} p_c`` is the
-    largest entry), so the ratios are ``-1`` at the label and ``p_c / (p_y - 1) <= 0`` elsewhere.
+    largest entry), so the ratio is ``1`` at the label and ``p_c / (p_y - 1) <= 0`` elsewhere:
+    no division by zero, and no sign flip when the label is the first class (the reproduction
+    of seed 000 divided by class 1 and took the argmin).
 
     Parameters
     ----------

@@ -1,0 +1,248 @@
+"""ExAN batch reconstruction (Pan et al. 2022): exactness, robustness, clear errors."""
+import pytest
+import torch
+from torch import nn
+
+from leakutils import capture, data, metrics, models
+from leakutils.attacks import exan
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load("mnist", 64, dtype=torch.float64)
+
+
+def _net(widths=(512,), seed=0, **kw):
+    torch.manual_seed(seed)
+    kw.setdefault("dtype", torch.float64)
+    return models.MLP((1, 28, 28), widths, **kw)
+
+
+def _attack(net, x, y, **kw):
+    up = capture.client_update(net, x, y)
+    return exan.reconstruct(net, up, **kw), up
+
+
+def _exact(rec, x, min_psnr=100.0):
+    ok = rec.diagnostics["recovered"]
+    assert ok.any()
+    scores = metrics.compare(rec.images[ok], x.to(torch.float64))
+    assert scores.min_psnr >= min_psnr, scores.psnr
+    return scores
+
+
+def test_batch_of_eight_exact_with_labels_and_size(digits):
+    net = _net((1024,))
+    x, y = digits.images[:8], digits.labels[:8]
+    rec, _ = _attack(net, x, y)
+    d = rec.diagnostics
+    assert d["batch_size"] == 8 and d["batch_size_complete"] is True
+    assert bool(d["recovered"].all())
+    _exact(rec, x)
+    assert sorted(rec.labels.tolist()) == sorted(y.tolist())
+    assert rec.images.shape == (8, 1, 28, 28) and rec.images.dtype == torch.float64
+    assert all(s.status == "recovered" and s.method == "bias ratio" for s in d["samples"])
+
+
+def test_found_exans_are_truly_exclusive(digits):
+    net = _net((1024, 512))
+    x, y = digits.images[:6], digits.labels[:6]
+    rec, _ = _attack(net, x, y)
+    truth = exan.count_exans(net, x)
+    for name, relu in (("fc1", "act1"), ("fc2", "act2")):
+        active = truth[relu]["active"]
+        for s in rec.diagnostics["samples"]:
+            if name in s.exans:
+                assert bool((active[:, s.exans[name]].sum(0) == 1).all()), name
+
+
+def test_batch_of_one(digits):
+    net = _net((256,))
+    rec, _ = _attack(net, digits.images[:1], digits.labels[:1])
+    assert rec.diagnostics["batch_size"] == 1
+    _exact(rec, digits.images[:1])
+    assert rec.labels.tolist() == digits.labels[:1].tolist()
+
+
+def test_label_zero_is_recovered(digits):
+    zeros = torch.nonzero(digits.labels == 0).flatten()[:3]
+    others = torch.nonzero(digits.labels != 0).flatten()[:2]
+    idx = torch.cat([zeros, others])
+    x, y = digits.images[idx], digits.labels[idx]
+    rec, _ = _attack(_net((1024,)), x, y)
+    _exact(rec, x)
+    assert sorted(rec.labels.tolist()) == sorted(y.tolist())
+    assert rec.labels.tolist().count(0) == 3
+
+
+def test_loss_vector_ratios_label_zero():
+    g = torch.tensor([-0.7, 0.3, 0.0, 0.4])  # softmax - onehot with label 0 (one probability 0)
+    r, denom = exan.loss_vector_ratios(3.0 * g)
+    assert denom == 0 and r[0] == 1 and bool((r[1:] <= 0).all())
+    with pytest.raises(ValueError, match="zero"):
+        exan.loss_vector_ratios(torch.zeros(4))
+
+
+def test_dead_units_are_masked(digits):
+    net = _net((512,))
+    with torch.no_grad():
+        net.fc1.weight[:100] = 0.0
+        net.fc1.bias[:100] = -1.0  # 100 units dead for every input: their gradients are exactly 0
+    x, y = digits.images[:4], digits.labels[:4]
+    rec, up = _attack(net, x, y)
+    assert float(up["out.weight"][:, :100].abs().max()) == 0.0
+    assert rec.diagnostics["dead_units"] >= 100
+    assert bool(rec.diagnostics["recovered"].all())
+    _exact(rec, x)
+
+
+def test_float32_gradients(digits):
+    torch.manual_seed(0)
+    net = models.MLP((1, 28, 28), (1024,))  # float32 model, float32 gradients
+    x, y = digits.images[:8].float(), digits.labels[:8]
+    rec, _ = _attack(net, x, y)
+    assert rec.diagnostics["batch_size"] == 8
+    assert int(rec.diagnostics["recovered"].sum()) == 8
+    _exact(rec, x, min_psnr=100.0)  # float32 rounding, ~1e-7 relative
+
+
+def test_no_exans_at_all_returns_nothing_not_garbage(digits):
+    net = _net((64,))
+    with torch.no_grad():
+        net.fc1.bias.fill_(50.0)  # every unit active for every sample: none exclusive
+    x, y = digits.images[:4], digits.labels[:4]
+    truth = exan.count_exans(net, x)["act1"]["exans"]
+    assert int(truth.sum()) == 0
+    rec, _ = _attack(net, x, y, batch_size=4)
+    assert rec.images.shape[0] == 0 and rec.labels.numel() == 0
+    assert rec.diagnostics["batch_size_complete"] is False
+    assert rec.diagnostics["missed"] == 4
+
+
+def test_samples_without_exans_are_reported(digits):
+    net = _net((256,))
+    x, y = digits.images[:24], digits.labels[:24]
+    rec, _ = _attack(net, x, y, batch_size=24)
+    truth = exan.count_exans(net, x)["act1"]["exans"]
+    d = rec.diagnostics
+    assert int((truth == 0).sum()) > 0  # this batch is beyond the boundary for some samples
+    assert d["batch_size"] <= int((truth > 0).sum())
+    assert d["missed"] == 24 - d["batch_size"] > 0
+    ok = d["recovered"]
+    _exact(rec, x)
+    assert bool((rec.images[~ok] == 0).all()) and not bool(rec.determined[~ok].any())
+
+
+def test_paper_only_needs_two_exans(digits):
+    net = _net((256,))
+    x, y = digits.images[:24], digits.labels[:24]
+    up = capture.client_update(net, x, y)
+    paper = exan.reconstruct(net, up, verify=False)
+    checked = exan.reconstruct(net, up)
+    truth = exan.count_exans(net, x)["act1"]["exans"]
+    assert paper.diagnostics["batch_size"] <= int((truth >= 2).sum())
+    assert checked.diagnostics["batch_size"] >= paper.diagnostics["batch_size"]
+    assert checked.diagnostics["found_by_check"] == checked.diagnostics["batch_size"] - paper.diagnostics["batch_size"]
+    _exact(checked, x)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_without_bias_pseudo_inverse_and_scale(digits, depth):
+    net = _net((1024,) * depth, bias=False)
+    x, y = digits.images[:4], digits.labels[:4]
+    up = capture.client_update(net, x, y)
+    rec = exan.reconstruct(net, up)  # scale from the softmax: exact
+    assert all(s.method == "pseudo-inverse" for s in rec.diagnostics["samples"])
+    assert rec.diagnostics["pseudo_inverse"]["rank"] == 4
+    _exact(rec, x)
+    guess = exan.reconstruct(net, up, scale="uniform")  # the paper's kind of fixed scale
+    sc = metrics.compare(guess.images, x)
+    xs, r = x[sc.true_idx].flatten(1), guess.images[sc.rec_idx].flatten(1)
+    alpha = (r * xs).sum(1) / (xs * xs).sum(1)
+    cos = (r * xs).sum(1) / (r.norm(dim=1) * xs.norm(dim=1))
+    assert bool((cos > 1 - 1e-12).all())  # right image, wrong brightness
+    assert float((alpha - 1).abs().max()) > 1e-4
+
+
+def test_cnn_head_then_conv_layers():
+    imgs = data.load("retina", 4, size=16, dtype=torch.float64)
+    torch.manual_seed(0)
+    net = models.vgg_small(image_size=16, channels=(8, 48, 48), head_width=512, dtype=torch.float64)
+    rec, _ = _attack(net, imgs.images[:3], imgs.labels[:3])
+    assert rec.diagnostics["batch_size"] == 3
+    assert bool(rec.determined.all())
+    _exact(rec, imgs.images[:3])
+    assert [L["layer"] for L in rec.diagnostics["conv"][0]] == ["conv3", "conv2", "conv1"]
+
+
+def test_expected_exans_and_counts(digits):
+    assert exan.expected_exans(1000, 0.5, 1) == 500
+    assert exan.expected_exans(1000, 0.5, 3) == pytest.approx(125)
+    assert exan.expected_exans(100, 0.0, 4) == 0
+    with pytest.raises(ValueError):
+        exan.expected_exans(10, 1.5, 2)
+    with pytest.raises(ValueError):
+        exan.expected_exans(0, 0.5, 2)
+    net = _net((32,))
+    out = exan.count_exans(net, digits.images[:3])
+    act = out["act1"]["active"]
+    assert act.shape == (3, 32)
+    assert out["act1"]["exans"].tolist() == (act & (act.sum(0) == 1)).sum(1).tolist()
+    with pytest.raises(ValueError, match="ReLU"):
+        exan.count_exans(models.MLP((4,), (3,), activation="tanh"), torch.zeros(2, 4))
+
+
+def test_group_exans_by_hand():
+    g1 = torch.tensor([-0.6, 0.2, 0.4])
+    g2 = torch.tensor([0.1, -0.3, 0.2])
+    cols = torch.stack([2 * g1, 0.5 * g1, g1 + g2, torch.zeros(3), 3 * g2, g2], 1)
+    groups, live = exan.group_exans(cols)
+    assert live.tolist() == [True, True, True, False, True, True]
+    assert sorted(sorted(g.tolist()) for g in groups) == [[0, 1], [4, 5]]
+    groups, _ = exan.group_exans(cols, min_size=1)
+    assert sorted(sorted(g.tolist()) for g in groups) == [[0, 1], [2], [4, 5]]
+    rows = torch.tensor([[1.0, 0], [-2.0, 0], [1, 1], [0, 0], [0, 1], [0, 1]])
+    groups, _ = exan.group_exans(cols, rows)
+    assert sorted(sorted(g.tolist()) for g in groups) == [[0, 1], [4, 5]]
+    rows[1] = torch.tensor([1.0, 1.0])  # columns agree, rows do not: not one sample
+    groups, _ = exan.group_exans(cols, rows)
+    assert sorted(sorted(g.tolist()) for g in groups) == [[4, 5]]
+    with pytest.raises(ValueError, match="rows"):
+        exan.group_exans(cols, torch.zeros(5, 2))
+
+
+@pytest.mark.parametrize("make, err, match", [
+    (lambda: models.MLP((1, 28, 28), (64,), activation="sigmoid", dtype=torch.float64), TypeError, "ReLU"),
+    (lambda: models.MLP((1, 28, 28), (64,), activation="leaky_relu", dtype=torch.float64), TypeError, "ReLU"),
+    (lambda: models.MLP((1, 28, 28), (), dtype=torch.float64), ValueError, "no hidden ReLU"),
+    (lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10), nn.Softmax(1)).double(),
+     ValueError, "softmax"),
+    (lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 10)).double(),
+     TypeError, "dropout"),
+    (lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.BatchNorm1d(32), nn.Linear(32, 10)
+                           ).double().eval(), TypeError, "BatchNorm1d"),
+])
+def test_wrong_architectures_raise(digits, make, err, match):
+    torch.manual_seed(0)
+    net = make()
+    x, y = digits.images[:2], digits.labels[:2]
+    up = capture.client_update(net, x, y)
+    with pytest.raises(err, match=match):
+        exan.reconstruct(net, up)
+
+
+def test_other_loss_and_bad_options(digits):
+    net = _net((64,))
+    x, y = digits.images[:2], digits.labels[:2]
+    mse = capture.client_update(net, x, y, loss_fn=lambda z, t: (z - nn.functional.one_hot(t, 10)).pow(2).mean())
+    with pytest.raises(ValueError, match="cross-entropy"):
+        exan.reconstruct(net, mse)
+    up = capture.client_update(net, x, y)
+    for kw in ({"rtol": 0}, {"min_exans": 0}, {"batch_size": 0}, {"scale": "guess"}):
+        with pytest.raises(ValueError):
+            exan.reconstruct(net, up, **kw)
+    with pytest.raises(TypeError):
+        exan.reconstruct(net, {"fc1.weight": None})
+    other = _net((32,))
+    with pytest.raises(ValueError, match="shape"):
+        exan.reconstruct(other, up)

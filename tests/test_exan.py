@@ -122,7 +122,7 @@ def test_no_exans_at_all_returns_nothing_not_garbage(digits):
 def test_samples_without_exans_are_reported(digits):
     net = _net((256,))
     x, y = digits.images[:24], digits.labels[:24]
-    rec, _ = _attack(net, x, y, batch_size=24)
+    rec, _ = _attack(net, x, y, batch_size=24, peel=False)
     truth = exan.count_exans(net, x)["act1"]["exans"]
     d = rec.diagnostics
     assert int((truth == 0).sum()) > 0  # this batch is beyond the boundary for some samples
@@ -137,13 +137,29 @@ def test_paper_only_needs_two_exans(digits):
     net = _net((256,))
     x, y = digits.images[:24], digits.labels[:24]
     up = capture.client_update(net, x, y)
-    paper = exan.reconstruct(net, up, verify=False)
-    checked = exan.reconstruct(net, up)
+    paper = exan.reconstruct(net, up, verify=False, peel=False)
+    checked = exan.reconstruct(net, up, peel=False)
     truth = exan.count_exans(net, x)["act1"]["exans"]
     assert paper.diagnostics["batch_size"] <= int((truth >= 2).sum())
     assert checked.diagnostics["batch_size"] >= paper.diagnostics["batch_size"]
     assert checked.diagnostics["found_by_check"] == checked.diagnostics["batch_size"] - paper.diagnostics["batch_size"]
     _exact(checked, x)
+
+
+def test_peeling_recovers_samples_without_exans_and_the_batch_size(digits):
+    net = _net((256,))
+    x, y = digits.images[:24], digits.labels[:24]
+    up = capture.client_update(net, x, y)
+    truth = exan.count_exans(net, x)["act1"]["exans"]
+    one = exan.reconstruct(net, up, peel=False)
+    full = exan.reconstruct(net, up)
+    d = full.diagnostics
+    assert d["batch_size"] == 24 and d["batch_size_from"].startswith("the 1/M")
+    assert int(d["recovered"].sum()) > int(one.diagnostics["recovered"].sum())
+    assert int(d["recovered"].sum()) > int((truth > 0).sum())  # beyond the first pass's own boundary
+    assert d["found_by_peeling"] > 0 and d["peeling_rounds"] >= 1
+    scores = _exact(full, x)
+    assert full.labels[d["recovered"]].numel() == scores.psnr.numel()
 
 
 @pytest.mark.parametrize("depth", [1, 2])

@@ -50,6 +50,7 @@ undetermined: never as a mixture of the batch.
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -416,8 +417,8 @@ def _parallel_rows(R: torch.Tensor, cand: torch.Tensor, rtol: float, need: int):
 
 
 def reconstruct(model: nn.Module, update: Update, *, rtol: float = 1e-5, min_exans: int = 2,
-                batch_size: int | None = None, verify: bool = True, scale: str = "auto",
-                dense_limit: int = 4096) -> Reconstruction:
+                batch_size: int | None = None, verify: bool = True, peel: bool = True, max_rounds: int = 8,
+                scale: str = "auto", dense_limit: int = 4096) -> Reconstruction:
     """Rebuild every sample of a batch from its averaged gradients through exclusively activated neurons.
 
     Parameters
@@ -449,6 +450,15 @@ def reconstruct(model: nn.Module, update: Update, *, rtol: float = 1e-5, min_exa
         by several samples gives a blend of their inputs, which fails the check. False: the
         paper's procedure only (groups of ``min_exans`` parallel units, then exclusion of the
         other samples' patterns).
+    peel : bool
+        Once some samples are rebuilt exactly, the attacker knows their own gradients (it has
+        the weights) and the batch size ``M`` (every ExAN column is ``(1/M) h_j(x) g(x)``, all of
+        it computable from the rebuilt ``x``). Subtracting them, ``M G - sum_known grad(x_m)``,
+        leaves the gradient of the samples still unknown, where units shared only with known
+        samples have become exclusive; the attack runs again on that remainder, up to
+        ``max_rounds`` times (MLPs only). False: one pass.
+    max_rounds : int
+        Most peeling rounds.
     scale : {"auto", "softmax", "bias", "uniform"}
         How the bias-free route fixes each input's positive factor (see :data:`SCALES`).
         Unused when the first layer has a bias and the sample has a first-layer ExAN.
@@ -463,14 +473,17 @@ def reconstruct(model: nn.Module, update: Update, *, rtol: float = 1e-5, min_exa
         ``(M_found,)``. ``determined``: all True for a recovered sample of an MLP, all False for
         one that was not; for CNNs, the pixels the conv layers' equations fix. ``diagnostics``:
 
-        - ``batch_size``: samples found (``M_found``); ``batch_size_complete``: True if the found
-          loss vectors explain every column of the output gradient, False if not (a sample was
-          missed), None when that cannot be checked (``M_found >= K - 1``, the loss vectors then
-          span everything); ``missed``: ``batch_size - M_found`` when ``batch_size`` is given;
+        - ``batch_size``: ``M`` read off the ExAN columns once a sample is rebuilt (an integer
+          check of the whole analysis), else the number of samples found; ``batch_size_from``
+          says which; ``found``: samples listed (``M_found``); ``batch_size_complete``: True if
+          every sample was rebuilt (with ``M`` known) or the found loss vectors explain every
+          column of the output gradient, False if not, None when that cannot be checked
+          (``M_found >= K - 1`` without ``M``); ``missed``: ``batch_size`` minus the samples
+          rebuilt, when ``batch_size`` is given;
         - ``recovered``: bool ``(M_found,)``; ``samples``: list of :class:`Sample`;
         - ``live_units``, ``dead_units``, ``grouped_units`` (last hidden layer);
-          ``found_by_b1`` and ``found_by_check``: samples found by B.1 groups and by single
-          verified ExANs;
+          ``found_by_b1``, ``found_by_check``, ``found_by_peeling``: samples found by B.1 groups,
+          by single verified ExANs (first pass) and after peeling; ``peeling_rounds``;
         - ``layers``: hidden-layer names, bottom to top; ``exans``: per sample, per layer, the
           number of ExANs found;
         - ``pseudo_inverse``: ``rank``, ``condition``, ``residual`` of ``Delta`` when used;
@@ -503,6 +516,8 @@ def reconstruct(model: nn.Module, update: Update, *, rtol: float = 1e-5, min_exa
         raise ValueError(f"batch_size must be a positive integer or None (unknown), got {batch_size!r}")
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    if not isinstance(max_rounds, int) or max_rounds < 0:
+        raise ValueError(f"max_rounds must be a non-negative integer, got {max_rounds!r}")
     net = _parse(model, tuple(update.input_shape))
     H = len(net.hidden)
     W = [lin.weight.detach().to(torch.float64) for _, lin in net.hidden] + \
@@ -525,6 +540,147 @@ def reconstruct(model: nn.Module, update: Update, *, rtol: float = 1e-5, min_exa
             f"the columns of the output layer's gradient do not sum to zero (relative {float(col_sums):.1e}): the "
             f"loss is not softmax cross-entropy on the logits, which the ExAN attack assumes")
 
+    an = _analyse(net, model, W, G, Gb, rtol, min_exans, verify, scale)
+    found_first = len(an.samples)
+    M_est, rounds = None, 0
+    samples, X, recovered = list(an.samples), an.X, an.recovered
+    if peel and not net.convs and bool(an.recovered.any()):
+        M_est = _batch_size(net, model, G[H], an, rtol)
+        last = an
+        while M_est is not None and int(recovered.sum()) < M_est and rounds < max_rounds:
+            known = torch.nonzero(recovered).flatten()
+            Gr, Gbr = _residual(net, model, G, Gb, M_est, X[known], [samples[k].label for k in known],
+                                tuple(update.input_shape))
+            nxt = _analyse(net, model, W, Gr, Gbr, rtol, min_exans, verify, scale)
+            rounds += 1
+            last = nxt
+            if not bool(nxt.recovered.any()):
+                break
+            for k in torch.nonzero(nxt.recovered).flatten().tolist():
+                s = nxt.samples[k]
+                s.found_by = f"peeling (round {rounds}): " + s.found_by
+            keep = [k for k in range(len(samples)) if recovered[k]]
+            new = torch.nonzero(nxt.recovered).flatten().tolist()
+            samples = [samples[k] for k in keep] + [nxt.samples[k] for k in new]
+            X = torch.cat([X[keep], nxt.X[new]])
+            recovered = torch.ones(len(samples), dtype=torch.bool)
+        if rounds:  # samples the last residual still shows but could not rebuild
+            rest = [k for k in range(len(last.samples)) if not last.recovered[k]]
+            samples = samples + [last.samples[k] for k in rest]
+            X = torch.cat([X, last.X[rest]])
+            recovered = torch.cat([recovered, torch.zeros(len(rest), dtype=torch.bool)])
+    Mf = len(samples)
+    complete = an.complete
+    if M_est is not None:
+        complete = int(recovered.sum()) == M_est
+
+    # ---- conv layers below the head, per sample
+    conv_info = None
+    if net.convs:
+        images, determined, conv_info = _conv_part(net, update, X, recovered, rtol, dense_limit)
+    else:
+        images = X.reshape(Mf, *update.input_shape)
+        determined = recovered.reshape(Mf, *([1] * len(update.input_shape))).expand_as(images).clone()
+        images = images * determined
+    for m, s in enumerate(samples):
+        if not recovered[m] and not s.reason:
+            s.reason = "no ExAN in the first layer, and the batch is not fully explained for the pseudo-inverse"
+    diagnostics = {
+        "batch_size": M_est if M_est is not None else Mf,
+        "batch_size_from": "the 1/M factor of the ExAN columns" if M_est is not None else "samples found",
+        "batch_size_complete": complete, "found": Mf,
+        "missed": None if batch_size is None else batch_size - int(recovered.sum()),
+        "recovered": recovered, "samples": samples,
+        "live_units": int(an.live.sum()), "dead_units": int((~an.live).sum()), "grouped_units": an.grouped,
+        "found_by_b1": an.n_paper, "found_by_check": found_first - an.n_paper,
+        "found_by_peeling": sum(s.found_by.startswith("peeling") for s in samples), "peeling_rounds": rounds,
+        "layers": [n for n, _ in net.hidden],
+        "exans": [[int(s.exans[n].numel()) if n in s.exans else 0 for n, _ in net.hidden] for s in samples],
+        "pseudo_inverse": an.pinv_info, "conv": conv_info,
+        "rtol": rtol, "dtype": "float64", "seconds": time.perf_counter() - t0,
+    }
+    labels = torch.tensor([s.label for s in samples], dtype=torch.int64)
+    return Reconstruction(images=images, labels=labels, determined=determined, diagnostics=diagnostics,
+                          attack="exan")
+
+
+def _forward64(model, x):
+    """Float64 copy of ``model`` run on ``x``; returns (copy, logits, {ReLU module name: output})."""
+    m64 = copy.deepcopy(model).double().eval()
+    outs: dict = {}
+    hooks = [mod.register_forward_hook(lambda mod_, i, o, n=n: outs.__setitem__(n, o.detach()))
+             for n, mod in m64.named_modules() if isinstance(mod, nn.ReLU)]
+    try:
+        with torch.no_grad():
+            z = m64(x.to(torch.float64))
+    finally:
+        for h in hooks:
+            h.remove()
+    return m64, z, outs
+
+
+def _batch_size(net, model, Gout, an, rtol):
+    """M from rebuilt samples: an ExAN column j of sample m is (1/M) h_j(x_m) g(x_m)."""
+    T = len(net.hidden) - 1
+    top = net.hidden[T][0]
+    idx = [m for m in range(len(an.samples)) if an.recovered[m] and top in an.samples[m].exans]
+    if not idx:
+        return None
+    x = an.X[idx].reshape(len(idx), *net.feature_shape)
+    _, z, outs = _forward64(model, x)
+    relu_names = [n for n, mod in model.named_modules() if isinstance(mod, nn.ReLU)]
+    h = outs[relu_names[T]].flatten(1)
+    g = torch.softmax(z, 1)
+    estimates = []
+    for k, m in enumerate(idx):
+        s = an.samples[m]
+        g[k, s.label] -= 1.0
+        E = s.exans[top]
+        pred = h[k, E][None, :] * g[k][:, None]  # (K, |E|)
+        den = float((pred * pred).sum())
+        if den > 0:
+            estimates.append(float((pred * Gout[:, E]).sum()) / den)  # = 1/M
+    inv = [1.0 / e for e in estimates if e > 0]
+    if not inv:
+        return None
+    M = round(float(np.median(inv)))
+    tol = max(1e-3, 100 * rtol)
+    if M < 1 or any(abs(v - M) > tol * M for v in inv):
+        return None  # the samples disagree: do not build on it
+    return M
+
+
+def _residual(net, model, G, Gb, M, X_known, labels, input_shape):
+    """M G - the known samples' own gradients: the summed gradient of the samples still unknown."""
+    from ..capture import client_update
+    m64 = copy.deepcopy(model).double()
+    x = X_known.reshape(len(labels), *net.feature_shape)
+    up = client_update(m64, x, torch.tensor(labels, dtype=torch.int64))
+    k = len(labels)
+    names = [n for n, _ in net.hidden] + [net.out_name]
+    Gr = [M * G[i] - k * up.gradients[f"{n}.weight"] for i, n in enumerate(names)]
+    Gbr = [None if Gb[i] is None else M * Gb[i] - k * up.gradients[f"{n}.bias"] for i, n in enumerate(names)]
+    return Gr, Gbr
+
+
+@dataclass
+class _Analysis:
+    samples: list
+    X: torch.Tensor
+    recovered: torch.Tensor
+    ex_sets: list
+    live: torch.Tensor
+    grouped: int
+    n_paper: int
+    complete: bool | None
+    pinv_info: dict | None
+
+
+def _analyse(net, model, W, G, Gb, rtol, min_exans, verify, scale) -> _Analysis:
+    """B.1-B.3 and the inputs of the fully connected part, from one set of (residual) gradients."""
+    H = len(net.hidden)
+    Gout = G[H]
+    K = Gout.shape[0]
     # ---- B.1: ExAN groups of the last hidden layer -> samples, batch size, loss directions
     T = H - 1  # index of the last hidden layer
     biased = all(g is not None for g in Gb[:H])
@@ -632,33 +788,9 @@ def reconstruct(model: nn.Module, update: Update, *, rtol: float = 1e-5, min_exa
     if todo:
         X, recovered, pinv_info = _pseudo_inverse(net, model, W, G, Gb, samples, patterns, ex_sets, complete,
                                                   X, recovered, todo, scale, rtol)
-
-    # ---- conv layers below the head, per sample
-    conv_info = None
-    if net.convs:
-        images, determined, conv_info = _conv_part(net, update, X, recovered, rtol, dense_limit)
-    else:
-        images = X.reshape(Mf, *update.input_shape)
-        determined = recovered.reshape(Mf, *([1] * len(update.input_shape))).expand_as(images).clone()
-        images = images * determined
-    for m, s in enumerate(samples):
-        if not recovered[m] and not s.reason:
-            s.reason = "no ExAN in the first layer, and the batch is not fully explained for the pseudo-inverse"
-    diagnostics = {
-        "batch_size": Mf, "batch_size_complete": complete,
-        "missed": None if batch_size is None else batch_size - Mf,
-        "recovered": recovered, "samples": samples,
-        "live_units": int(live.sum()), "dead_units": int((~live).sum()),
-        "grouped_units": int(sum(g.numel() for g in groups)),
-        "found_by_b1": n_paper, "found_by_check": Mf - n_paper,
-        "layers": [n for n, _ in net.hidden],
-        "exans": [[int(ex_sets[m][h].numel()) if h in ex_sets[m] else 0 for h in range(H)] for m in range(Mf)],
-        "pseudo_inverse": pinv_info, "conv": conv_info,
-        "rtol": rtol, "dtype": "float64", "seconds": time.perf_counter() - t0,
-    }
-    labels = torch.tensor([s.label for s in samples], dtype=torch.int64)
-    return Reconstruction(images=images, labels=labels, determined=determined, diagnostics=diagnostics,
-                          attack="exan")
+    return _Analysis(samples=samples, X=X, recovered=recovered, ex_sets=ex_sets, live=live,
+                     grouped=int(sum(g.numel() for g in groups)), n_paper=n_paper, complete=complete,
+                     pinv_info=pinv_info)
 
 
 def _errors(W, patterns_m, direction, H):

@@ -19,7 +19,8 @@ from .metrics import Scores
 
 __all__ = ["BiasRatioDemo", "bias_ratio_demo", "show_bias_ratio_demo", "bias_ratio_panel",
            "PropagationDemo", "propagation_demo", "show_propagation_demo", "propagation_panel",
-           "ConvDemo", "conv_demo", "show_conv_demo", "conv_panel"]
+           "ConvDemo", "conv_demo", "show_conv_demo", "conv_panel",
+           "ExanDemo", "exan_demo", "show_exan_demo", "exan_panel"]
 
 #: Data sets offered by the Chapter 1 panel.
 DEMO_DATASETS = ("mnist", "lfw", "patches", "retina", "digits")
@@ -385,6 +386,137 @@ def conv_panel():
 
     def draw(filters, kernel, stride, activation):
         show_conv_demo(conv_demo(filters, kernel, stride, activation))
+        plt.show()
+
+    out = W.interactive_output(draw, controls)
+    return W.VBox([W.HBox(list(controls.values())[:2]), W.HBox(list(controls.values())[2:]), out])
+
+
+# --------------------------------------------------------------------------- Chapter 4
+
+
+@dataclass
+class ExanDemo:
+    """One run of Chapter 4's panel: a batch through a one-hidden-layer ReLU network, attacked by ExAN.
+
+    Attributes
+    ----------
+    images, labels : torch.Tensor
+        The client's batch ``(M, C, H, W)`` float64 in [0, 1] and its labels ``(M,)``.
+    exans : torch.Tensor
+        int64 ``(M,)``: each sample's true number of ExANs in the hidden layer (what the
+        attacker cannot see).
+    reconstruction : Reconstruction
+        What :func:`leakutils.attacks.exan.reconstruct` returned.
+    scores : Scores or None
+        The recovered samples against the batch (Hungarian matching); None if none recovered.
+    exact : torch.Tensor
+        bool ``(M,)``: which samples of the batch came back with PSNR >= 100 dB.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    exans: torch.Tensor
+    reconstruction: Reconstruction
+    scores: Scores | None
+    exact: torch.Tensor
+
+    @property
+    def fraction_exact(self) -> float:
+        """Fraction of the batch rebuilt with PSNR >= 100 dB, in [0, 1]."""
+        return float(self.exact.double().mean())
+
+
+def exan_demo(batch_size: int = 8, width: int = 1024, *, dataset: str = "mnist", start: int = 0,
+              peel: bool = True, verify: bool = True, seed: int = 0) -> ExanDemo:
+    """Attack a batch of ``batch_size`` images through ``MLP(width ReLU)`` with the ExAN attack.
+
+    Parameters
+    ----------
+    batch_size : int
+        ``M``, 1..64.
+    width : int
+        Hidden units, 16..8192.
+    dataset : str
+        One of :data:`DEMO_DATASETS`.
+    start : int
+        Index of the batch's first image in the data set.
+    peel, verify : bool
+        Passed to :func:`leakutils.attacks.exan.reconstruct` (False, False: the paper's B.1-B.3).
+    seed : int
+        Seed of PyTorch's default initialisation of the network (float64).
+
+    Raises
+    ------
+    ValueError
+        Sizes out of range, an unknown data set, a batch that runs past the data set.
+    """
+    from .attacks import exan
+
+    if not (isinstance(batch_size, int) and 1 <= batch_size <= 64):
+        raise ValueError(f"batch_size must be an integer in 1..64, got {batch_size!r}")
+    if not (isinstance(width, int) and 16 <= width <= 8192):
+        raise ValueError(f"width must be an integer in 16..8192, got {width!r}")
+    if dataset not in DEMO_DATASETS:
+        raise ValueError(f"dataset must be one of {DEMO_DATASETS}, got {dataset!r}")
+    ds = _dataset(dataset)
+    if not isinstance(start, int) or start < 0 or start + batch_size > len(ds):
+        raise ValueError(f"start must be in 0..{len(ds) - batch_size} for {batch_size} images of {dataset!r}")
+    x, y = ds.images[start:start + batch_size], ds.labels[start:start + batch_size]
+    net = _model(tuple(ds.shape), width, max(10, len(ds.classes)), seed)
+    update = client_update(net, x, y)
+    rec = exan.reconstruct(net, update, peel=peel, verify=verify)
+    exans = exan.count_exans(net, x)["act1"]["exans"]
+    ok = rec.diagnostics["recovered"]
+    exact = torch.zeros(batch_size, dtype=torch.bool)
+    scores = None
+    if ok.any():
+        scores = metrics.compare(rec.images[ok], x)
+        exact[torch.as_tensor(scores.true_idx)] = scores.psnr >= 100
+        sub = Reconstruction(rec.images[ok], rec.labels[ok], rec.determined[ok], rec.diagnostics, rec.attack)
+        scores = metrics.compare(sub, x, y)
+    return ExanDemo(images=x, labels=y, exans=exans, reconstruction=rec, scores=scores, exact=exact)
+
+
+def show_exan_demo(result: ExanDemo, max_images: int = 16):
+    """Plot an :class:`ExanDemo`: originals titled with their ExAN count, reconstructions below."""
+    n = min(max_images, result.images.shape[0])
+    ok = result.reconstruction.diagnostics["recovered"]
+    rec = result.reconstruction.images[ok]
+    titles = [f"{int(e)} ExAN{'s' if int(e) != 1 else ''}" for e in result.exans[:n]]
+    d = result.reconstruction.diagnostics
+    head = (f"batch of {result.images.shape[0]}: {int(result.exact.sum())} rebuilt exactly; "
+            f"batch size read as {d['batch_size']}")
+    if result.scores is None or rec.shape[0] == 0:
+        fig = plot.image_grid(result.images[:n], titles)
+        fig.suptitle(head + " (nothing recovered)", fontsize=plot.FONT)
+        return fig
+    keep = [k for k, t in enumerate(result.scores.true_idx) if t < n]
+    sub = metrics.Scores(mse=result.scores.mse[keep], psnr=result.scores.psnr[keep], ssim=result.scores.ssim[keep],
+                         rec_idx=result.scores.rec_idx[keep], true_idx=result.scores.true_idx[keep])
+    return plot.compare_grid(result.images[:n], rec, sub, labels=titles, size=1.1, suptitle=head)
+
+
+def exan_panel():
+    """A live panel: batch size and width sliders; see ExAN counts, what is recovered, the images.
+
+    Raises
+    ------
+    ImportError
+        When ``ipywidgets`` is not installed.
+    """
+    W = _ipywidgets()
+    import matplotlib.pyplot as plt
+
+    controls = {
+        "batch_size": W.IntSlider(value=8, min=1, max=64, description="batch size"),
+        "width": W.Dropdown(options=[64, 128, 256, 512, 1024, 2048, 4096], value=1024, description="width"),
+        "dataset": W.Dropdown(options=list(DEMO_DATASETS), value="mnist", description="data"),
+        "peel": W.Checkbox(value=True, description="peeling"),
+    }
+
+    def draw(batch_size, width, dataset, peel):
+        show_exan_demo(exan_demo(batch_size, width, dataset=dataset, peel=peel))
         plt.show()
 
     out = W.interactive_output(draw, controls)

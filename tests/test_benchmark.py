@@ -14,3 +14,17 @@ def test_bias_ratio_benchmark_prints_one_json_line_last():
     for r in result.values():
         assert r["images"] == 5 and r["exact"] == 5 and r["label_accuracy"] == 1.0
         assert r["median_seconds"] < 1.0
+
+
+def test_exan_benchmark_prints_one_json_line_last():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "exan.py"), "--widths", "512",
+                          "--batch-sizes", "1", "8", "--samples", "8", "--train-steps", "20"],
+                         capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    rows = result["results"]
+    assert {(r["state"], r["batch_size"]) for r in rows} == {(s, m) for s in ("random", "trained") for m in (1, 8)}
+    for r in rows:
+        assert 0.0 <= r["recovered_paper"] <= r["recovered_one_pass"] <= r["recovered"] <= 1.0
+        assert r["recovered_one_pass"] <= r["with_exan"]  # one pass needs an ExAN per sample
+    assert all(r["recovered"] == 1.0 and r["batch_size_correct"] == 1.0 for r in rows if r["batch_size"] == 1)
+    assert set(result["goals"]) == {"random", "trained"}

@@ -262,3 +262,21 @@ def test_other_loss_and_bad_options(digits):
     other = _net((32,))
     with pytest.raises(ValueError, match="shape"):
         exan.reconstruct(other, up)
+
+
+def test_two_same_label_samples_do_not_make_a_third():
+    """Units shared by two samples whose loss vectors nearly coincide can look like a B.1 group;
+    the rebuilt blend fails the forward check and is never returned as a sample."""
+    ds = data.load("mnist", 3014)
+    x, y = ds.images[3012:3014].double(), ds.labels[3012:3014]
+    assert y.tolist() == [2, 2]
+    torch.manual_seed(0)
+    net = models.MLP((1, 28, 28), (2048,)).double()
+    up = capture.client_update(net, x, y)
+    one = exan.reconstruct(net, up, peel=False)
+    flagged = [s for s in one.diagnostics["samples"] if s.status != "recovered"]
+    assert len(flagged) == 1 and "does not reproduce its loss vector" in flagged[0].reason
+    assert int(one.diagnostics["recovered"].sum()) == 2
+    full = exan.reconstruct(net, up)
+    assert full.diagnostics["found"] == 2 and full.diagnostics["batch_size"] == 2
+    _exact(full, x)

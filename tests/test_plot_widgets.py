@@ -122,3 +122,30 @@ def test_conv_panel_builds():
     import ipywidgets  # part of the test extra
 
     assert isinstance(widgets.conv_panel(), ipywidgets.VBox)
+
+
+def test_exan_demo_and_plot():
+    small = widgets.exan_demo(batch_size=4, width=256)
+    assert small.fraction_exact == 1.0 and small.scores.label_accuracy == 1.0
+    assert small.reconstruction.diagnostics["batch_size"] == 4
+    paper = widgets.exan_demo(batch_size=24, width=128, peel=False, verify=False)
+    assert paper.fraction_exact <= float((paper.exans >= 2).double().mean())
+    assert isinstance(widgets.show_exan_demo(small), matplotlib.figure.Figure)
+    assert isinstance(widgets.show_exan_demo(paper), matplotlib.figure.Figure)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(batch_size=0), "batch_size"),
+    (dict(width=8), "width"),
+    (dict(dataset="cifar10"), "dataset"),
+    (dict(start=4999), "start"),
+])
+def test_exan_demo_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        widgets.exan_demo(**kwargs)
+
+
+def test_exan_panel_builds():
+    import ipywidgets  # part of the test extra
+
+    assert isinstance(widgets.exan_panel(), ipywidgets.VBox)

@@ -587,6 +587,13 @@ def reconstruct(model: nn.Module, update: Update, *, rtol: float = 1e-5, min_exa
     complete = an.complete
     if M_est is not None:
         complete = int((recovered & determined.flatten(1).all(1)).sum()) == M_est
+        if complete and not bool(recovered.all()):  # every sample rebuilt: the rest were not samples
+            keep = torch.nonzero(recovered).flatten()
+            samples = [samples[k] for k in keep.tolist()]
+            X, images, determined, recovered = X[keep], images[keep], determined[keep], recovered[keep]
+            if conv_info is not None:
+                conv_info = [conv_info[k] for k in keep.tolist()]
+        Mf = len(samples)
 
     for m, s in enumerate(samples):
         if not recovered[m] and not s.reason:
@@ -809,6 +816,26 @@ def _analyse(net, model, W, G, Gb, rtol, min_exans, verify, scale) -> _Analysis:
     if todo:
         X, recovered, pinv_info = _pseudo_inverse(net, model, W, G, Gb, samples, patterns, ex_sets, complete,
                                                   X, recovered, todo, scale, rtol)
+    # every rebuilt input must reproduce its own loss-vector direction when run forward: a group of
+    # units shared by two samples with nearly equal loss vectors (same label) gives a blend, which fails
+    # (not for scale="uniform", whose guessed brightness changes the softmax on purpose)
+    idx = torch.tensor([m for m in torch.nonzero(recovered).flatten().tolist()
+                        if not (samples[m].method == "pseudo-inverse" and scale == "uniform")], dtype=torch.int64)
+    if idx.numel():
+        _, z = _head_forward(net, X[idx])
+        g = torch.softmax(z, 1)
+        lab = torch.tensor([samples[m].label for m in idx.tolist()])
+        g[torch.arange(idx.numel()), lab] -= 1.0
+        dirs = torch.stack([samples[m].loss_direction for m in idx.tolist()])
+        err = torch.linalg.vector_norm(_unit(g)[0] - dirs, dim=1)
+        for k, m in enumerate(idx.tolist()):
+            if float(err[k]) > 10 * rtol:
+                recovered[m] = False
+                X[m] = 0.0
+                s_ = samples[m]
+                s_.status, s_.method = "not recoverable", ""
+                s_.reason = (f"its rebuilt input does not reproduce its loss vector (off by {float(err[k]):.1e}): "
+                             f"the units taken for its ExANs are shared by several samples")
     return _Analysis(samples=samples, X=X, recovered=recovered, ex_sets=ex_sets, live=live,
                      grouped=int(sum(g.numel() for g in groups)), n_paper=n_paper, complete=complete,
                      pinv_info=pinv_info)

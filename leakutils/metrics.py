@@ -94,7 +94,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Ten
     return out
 
 
-def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, *, gaussian: bool = False) -> torch.Tensor:
     """Structural similarity per image (scikit-image's ``structural_similarity``).
 
     Parameters
@@ -103,12 +103,17 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Ten
         Same shape ``(B, C, H, W)``; ``a`` is compared with ``b`` channel by channel.
     data_range : float
         As in :func:`psnr`.
+    gaussian : bool
+        Use Wang et al.'s 11x11 Gaussian window (sigma 1.5, population covariances), the
+        definition of the SSIM loss most model-inversion papers train and report with
+        (Chapter 5), instead of scikit-image's default uniform 7x7 window.
 
     Returns
     -------
     torch.Tensor
         Shape ``(B,)``, float64, in ``[-1, 1]`` (1: identical). Uniform 7x7 window
-        (scikit-image's default), shrunk to the largest odd size that fits small images.
+        (scikit-image's default), shrunk to the largest odd size that fits small images;
+        or the Gaussian window (images of at least 11x11 pixels).
 
     Raises
     ------
@@ -122,8 +127,13 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Ten
     side = min(a.shape[2], a.shape[3])
     if side < 3:
         raise ValueError(f"ssim needs images of at least 3x3 pixels, got {a.shape[2]}x{a.shape[3]}")
-    win = min(7, side if side % 2 else side - 1)
-    out = [structural_similarity(x.numpy(), y.numpy(), data_range=r, channel_axis=0, win_size=win)
+    if gaussian:
+        if side < 11:
+            raise ValueError(f"the Gaussian SSIM window needs images of at least 11x11 pixels, got {side}")
+        kw = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+    else:
+        kw = dict(win_size=min(7, side if side % 2 else side - 1))
+    out = [structural_similarity(x.numpy(), y.numpy(), data_range=r, channel_axis=0, **kw)
            for x, y in zip(a, b)]
     return torch.tensor(out, dtype=torch.float64)
 

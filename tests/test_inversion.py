@@ -1,0 +1,133 @@
+"""Model inversion with a shadow model and a TCNN (Chapter 5): shapes, defences, splits, errors."""
+import pytest
+import torch
+
+from leakutils import data, inversion as inv, metrics
+
+
+@pytest.fixture(scope="module")
+def digits32():
+    d = data.load("mnist", 400, size=32)
+    return d.images.float(), d.labels
+
+
+def test_disjoint_splits():
+    sp = inv.disjoint_splits(100, {"target": 40, "shadow": 40, "val": 10, "test": 10}, seed=3)
+    assert [len(v) for v in sp.values()] == [40, 40, 10, 10]
+    allidx = torch.cat(list(sp.values()))
+    assert allidx.unique().numel() == 100
+    again = inv.disjoint_splits(100, {"target": 40, "shadow": 40, "val": 10, "test": 10}, seed=3)
+    assert all(torch.equal(sp[k], again[k]) for k in sp)
+    with pytest.raises(ValueError, match="more than"):
+        inv.disjoint_splits(10, {"a": 6, "b": 5})
+    with pytest.raises(ValueError, match="positive"):
+        inv.disjoint_splits(10, {"a": 0})
+
+
+def test_classifier_and_inverse_shapes():
+    torch.manual_seed(0)
+    clf = inv.Classifier()
+    x = torch.rand(4, 1, 32, 32)
+    assert clf(x).shape == (4, 10) and clf.last_linear(x).shape == (4, 50)
+    assert inv.Classifier(channels=(4, 4, 4), image_size=16)(torch.rand(2, 1, 16, 16)).shape == (2, 10)
+    for F in (10, 50, 1024, 1084):
+        out = inv.InverseTCNN(F).eval()(torch.randn(3, F)).detach()
+        assert out.shape == (3, 1, 32, 32) and float(out.min()) >= 0 and float(out.max()) <= 1
+    with pytest.raises(ValueError, match="multiple of 8"):
+        inv.Classifier(image_size=28)
+    with pytest.raises(ValueError, match=r"\(B, 10\)"):
+        inv.InverseTCNN(10)(torch.randn(2, 50))
+    with pytest.raises(ValueError):
+        inv.InverseTCNN(0)
+
+
+def test_defences():
+    o = torch.tensor([[1.234, -0.5, 3.9, 0.1], [0.0, 2.0, -1.0, 1.5]])
+    assert torch.equal(inv.round_outputs(o, 1), torch.tensor([[1.2, -0.5, 3.9, 0.1], [0.0, 2.0, -1.0, 1.5]]))
+    assert torch.equal(inv.top_k(o, 2), torch.tensor([[1.234, 0.0, 3.9, 0.0], [0.0, 2.0, 0.0, 1.5]]))
+    assert torch.equal(inv.top_k(o, 4), o)
+    for k in (0, 5, 2.0):
+        with pytest.raises(ValueError, match="k must be"):
+            inv.top_k(o, k)
+    with pytest.raises(ValueError, match="decimals"):
+        inv.round_outputs(o, -1)
+
+
+def test_last_layer_activations_map_to_the_outputs():
+    torch.manual_seed(0)
+    clf = inv.Classifier().eval()
+    o = clf(torch.rand(5, 1, 32, 32)).detach()
+    a = inv.last_layer_activations(clf, o)
+    assert a.shape == (5, 50)
+    assert torch.allclose(clf.out(a), o, atol=1e-4)
+    kept = inv.last_layer_activations(clf, inv.top_k(o, 3), k=3)
+    top = o.topk(3, dim=1).indices
+    assert torch.allclose(clf.out(kept).gather(1, top), o.gather(1, top), atol=1e-4)
+
+
+def test_class_averages_and_bad_images(digits32):
+    x, y = digits32
+    avg = inv.class_averages(x, y)
+    assert avg.shape == (10, 1, 32, 32)
+    assert torch.allclose(avg[3], x[y == 3].mean(0))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        inv.class_averages(x * 255, y)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        inv.train_inverse(inv.InverseTCNN(10), torch.randn(4, 10), torch.rand(4, 1, 32, 32) * 2)
+    with pytest.raises(ValueError, match=r"\(N, 10\)"):
+        inv.train_inverse(inv.InverseTCNN(10), torch.randn(4, 50), torch.rand(4, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        inv.gradient_reconstruction(inv.Classifier(), torch.zeros(2, 10), -torch.ones(2, 1, 32, 32))
+
+
+def test_gradient_reconstruction_moves_towards_the_logits(digits32):
+    x, y = digits32
+    torch.manual_seed(0)
+    clf = inv.Classifier()
+    inv.train_classifier(clf, x[:300], y[:300], epochs=2)
+    o = inv.outputs(clf, x[300:310])
+    avg = inv.class_averages(x[:300], y[:300])
+    init = avg[o.argmax(1)]
+    xt = inv.gradient_reconstruction(clf, o, init, steps=30)
+    before = (inv.outputs(clf, init) - o).pow(2).mean()
+    after = (inv.outputs(clf, xt) - o).pow(2).mean()
+    assert xt.shape == init.shape and float(xt.min()) >= 0 and float(xt.max()) <= 1
+    assert float(after) < float(before)
+    assert all(p.requires_grad for p in clf.parameters())  # the shadow is left trainable
+
+
+def test_training_loops_return_histories_and_learn(digits32):
+    x, y = digits32
+    torch.manual_seed(0)
+    clf = inv.Classifier()
+    h = inv.train_classifier(clf, x[:300], y[:300], epochs=3, seed=0)
+    assert len(h["loss"]) == 3 and h["loss"][-1] < h["loss"][0]
+    assert inv.accuracy(clf, x[300:], y[300:]) > 0.5
+    feats = inv.outputs(clf, x[:300])
+    torch.manual_seed(0)
+    tc = inv.InverseTCNN(10, widths=(16, 8, 4))
+    hi = inv.train_inverse(tc, feats, x[:300], epochs=3, batch_size=32)
+    assert len(hi["loss"]) == 3 and hi["loss"][-1] < hi["loss"][0]
+    rec = inv.invert(tc, feats[:5])
+    assert rec.shape == (5, 1, 32, 32)
+
+
+def test_features_and_identity_score(digits32):
+    x, y = digits32
+    parts = {"O": torch.zeros(4, 10), "A": torch.zeros(4, 50), "X": torch.zeros(4, 1, 32, 32)}
+    assert inv.features(parts, "O+X").shape == (4, 1034)
+    assert inv.features(parts, "O+A+X").shape == (4, 1084)
+    with pytest.raises(ValueError, match="combination"):
+        inv.features(parts, "X+O")
+    with pytest.raises(ValueError, match="missing"):
+        inv.features({"O": parts["O"]}, "O+A")
+    assert inv.identity_score(x[:50], x[:50], y[:50]) == 1.0
+    avg = inv.class_averages(x[:50], y[:50])[y[:50]]
+    assert inv.identity_score(avg, x[:50], y[:50]) < 0.5
+
+
+def test_gaussian_ssim_option():
+    a = torch.rand(2, 1, 32, 32, dtype=torch.float64)
+    assert torch.allclose(metrics.ssim(a, a, gaussian=True), torch.ones(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="11x11"):
+        metrics.ssim(a[..., :8, :8], a[..., :8, :8], gaussian=True)

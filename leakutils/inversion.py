@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 __all__ = ["Classifier", "InverseTCNN", "PAPER_CHANNELS", "PAPER_WIDTHS", "COMBINATIONS", "SEED_RESULTS",
            "train_classifier", "accuracy", "outputs", "train_inverse", "invert", "class_averages",
            "gradient_reconstruction", "last_layer_activations", "round_outputs", "top_k", "disjoint_splits",
-           "features", "FeatureScaler", "total_variation", "identity_score"]
+           "features", "FeatureScaler", "total_variation", "identity_score", "Lab"]
 
 #: Channel widths of the seed's classifier (the paper-scale setting).
 PAPER_CHANNELS = (128, 256, 512)
@@ -559,3 +559,74 @@ def identity_score(reconstructed: torch.Tensor, images: torch.Tensor, labels: to
         hits += int((d.argmin(1) == torch.arange(idx.numel())).sum())
     return hits / labels.numel()
 
+
+
+class Lab:
+    """A trained gray-box attack, ready to invert new output vectors (the Chapter 5 panel uses it).
+
+    Parameters
+    ----------
+    target, shadow : Classifier
+        The trained target (queried) and the attacker's shadow.
+    class_avg : torch.Tensor
+        ``(K, C, H, W)``: the attacker's class-average images (X~'s starting points).
+    steps : int
+        X~ optimisation steps.
+
+    Attributes
+    ----------
+    inverses : dict
+        ``(k, combination)`` to ``(InverseTCNN, FeatureScaler)``; ``k = K`` means no truncation.
+    """
+
+    def __init__(self, target: Classifier, shadow: Classifier, class_avg: torch.Tensor, steps: int = 100):
+        self.target, self.shadow, self.class_avg, self.steps = target, shadow, class_avg, steps
+        self.inverses: dict = {}
+
+    def add(self, k: int, combination: str, inverse: InverseTCNN, scaler: FeatureScaler | None) -> None:
+        """Register an inverse model trained for outputs truncated to their top ``k``."""
+        if combination not in COMBINATIONS:
+            raise ValueError(f"combination must be one of {COMBINATIONS}, got {combination!r}")
+        self.inverses[(k, combination)] = (inverse, scaler)
+
+    def observe(self, images: torch.Tensor, decimals: int | None = None, k: int | None = None) -> torch.Tensor:
+        """The target's output vectors for ``images``, after the defences (rounding, then top-k)."""
+        o = outputs(self.target, _check_images(images))
+        if decimals is not None:
+            o = round_outputs(o, decimals)
+        if k is not None and k < o.shape[1]:
+            o = top_k(o, k)
+        return o
+
+    def parts(self, o: torch.Tensor, k: int | None = None) -> dict:
+        """The attacker's features of observed vectors ``o``: ``O``, ``A`` (A^L) and ``X`` (X~)."""
+        kk = None if k is None or k >= o.shape[1] else k
+        init = self.class_avg[o.argmax(1)]
+        return {"O": o, "A": last_layer_activations(self.shadow, o, k=kk),
+                "X": gradient_reconstruction(self.shadow, o, init, steps=self.steps, k=kk)}
+
+    def invert(self, images: torch.Tensor, decimals: int | None = None, k: int | None = None) -> dict:
+        """Every registered inverse model's reconstructions of ``images`` for this ``k``.
+
+        Returns
+        -------
+        dict
+            Combination to images ``(N, C, 32, 32)``, plus ``"X~"`` (the optimised images) and
+            ``"class average"`` (of the predicted class).
+
+        Raises
+        ------
+        ValueError
+            No inverse model registered for this ``k``.
+        """
+        K = self.class_avg.shape[0]
+        kk = K if k is None else k
+        models_k = {c: v for (kv, c), v in self.inverses.items() if kv == kk}
+        if not models_k:
+            raise ValueError(f"no inverse model was trained for k = {kk}; trained: {sorted({kv for kv, _ in self.inverses})}")
+        o = self.observe(images, decimals, kk)
+        p = self.parts(o, kk)
+        out = {c: invert(tc, features(p, c, sc)) for c, (tc, sc) in models_k.items()}
+        out["X~"] = p["X"]
+        out["class average"] = self.class_avg[o.argmax(1)]
+        return out

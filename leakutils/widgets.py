@@ -20,7 +20,8 @@ from .metrics import Scores
 __all__ = ["BiasRatioDemo", "bias_ratio_demo", "show_bias_ratio_demo", "bias_ratio_panel",
            "PropagationDemo", "propagation_demo", "show_propagation_demo", "propagation_panel",
            "ConvDemo", "conv_demo", "show_conv_demo", "conv_panel",
-           "ExanDemo", "exan_demo", "show_exan_demo", "exan_panel"]
+           "ExanDemo", "exan_demo", "show_exan_demo", "exan_panel",
+           "inversion_demo", "show_inversion_demo", "inversion_panel"]
 
 #: Data sets offered by the Chapter 1 panel.
 DEMO_DATASETS = ("mnist", "lfw", "patches", "retina", "digits")
@@ -521,3 +522,76 @@ def exan_panel():
 
     out = W.interactive_output(draw, controls)
     return W.VBox([W.HBox(list(controls.values())[:2]), W.HBox(list(controls.values())[2:]), out])
+
+
+# --------------------------------------------------------------------------- Chapter 5
+
+
+def inversion_demo(lab, images: torch.Tensor, index: int = 0, *, decimals: int | None = None,
+                   k: int | None = None) -> dict:
+    """Invert the target's output vector for ``images[index]`` with every inverse model of ``lab``.
+
+    Parameters
+    ----------
+    lab : leakutils.inversion.Lab
+    images : torch.Tensor
+        The attack-test images ``(N, 1, 32, 32)`` in [0, 1].
+    index : int
+    decimals : int, optional
+        Round the output vector first.
+    k : int, optional
+        Keep only its top ``k`` entries (inverse models trained for that ``k`` are used).
+
+    Returns
+    -------
+    dict
+        ``"original"`` and one entry per inverse model, ``"X~"`` and ``"class average"``: images
+        ``(1, 1, 32, 32)``; ``"ssim"``: the SSIM (Gaussian window) of each against the original.
+
+    Raises
+    ------
+    ValueError
+        An index out of range, or a ``k`` without trained inverse models.
+    """
+    if not isinstance(index, int) or not 0 <= index < images.shape[0]:
+        raise ValueError(f"index must be in 0..{images.shape[0] - 1}, got {index!r}")
+    x = images[index:index + 1]
+    out = lab.invert(x, decimals=decimals, k=k)
+    out = {"original": x, **out}
+    out["ssim"] = {name: float(metrics.ssim(img.double(), x.double(), gaussian=True)[0])
+                   for name, img in out.items() if name != "original"}
+    return out
+
+
+def show_inversion_demo(result: dict):
+    """Plot an :func:`inversion_demo` result: the original and each reconstruction with its SSIM."""
+    names = [n for n in result if n not in ("ssim",)]
+    titles = [n if n == "original" else f"{n}\nSSIM {result['ssim'][n]:.2f}" for n in names]
+    return plot.image_grid(torch.cat([result[n] for n in names]), titles, ncols=len(names))
+
+
+def inversion_panel(lab, images: torch.Tensor):
+    """A live panel: choose a test image, rounding and k; see what each inverse model returns.
+
+    Raises
+    ------
+    ImportError
+        When ``ipywidgets`` is not installed.
+    """
+    W = _ipywidgets()
+    import matplotlib.pyplot as plt
+
+    ks = sorted({kv for kv, _ in lab.inverses}, reverse=True)
+    controls = {
+        "index": W.IntSlider(value=0, min=0, max=images.shape[0] - 1, description="test image"),
+        "decimals": W.Dropdown(options=[("none", None), ("2", 2), ("1", 1), ("0", 0)], value=None,
+                               description="rounding"),
+        "k": W.Dropdown(options=ks, value=ks[0], description="top k"),
+    }
+
+    def draw(index, decimals, k):
+        show_inversion_demo(inversion_demo(lab, images, index, decimals=decimals, k=k))
+        plt.show()
+
+    out = W.interactive_output(draw, controls)
+    return W.VBox([W.HBox(list(controls.values())), out])

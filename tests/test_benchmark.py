@@ -28,3 +28,15 @@ def test_exan_benchmark_prints_one_json_line_last():
         assert r["recovered_one_pass"] <= r["with_exan"]  # one pass needs an ExAN per sample
     assert all(r["recovered"] == 1.0 and r["batch_size_correct"] == 1.0 for r in rows if r["batch_size"] == 1)
     assert set(result["goals"]) == {"random", "trained"}
+
+
+def test_inversion_benchmark_quick_prints_one_json_line_last():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "inversion.py"), "--quick"],
+                         capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(result["rq1"]) == {"O", "A", "X", "O+A", "O+X", "A+X", "O+A+X", "O (unscaled)"}
+    for r in result["rq1"].values():
+        assert -1 <= r["ssim"] <= 1 and r["mse"] >= 0 and r["ssim_std"] >= 0
+    assert set(result["truncation"]) == {"10", "1"} and set(result["rounding"]) == {"1"}
+    assert result["reference"]["identity"] == 1.0
+    assert set(result["baselines"]) == {"class_average", "x_tilde_alone"}

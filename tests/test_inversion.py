@@ -131,3 +131,35 @@ def test_gaussian_ssim_option():
     assert torch.allclose(metrics.ssim(a, a, gaussian=True), torch.ones(2, dtype=torch.float64))
     with pytest.raises(ValueError, match="11x11"):
         metrics.ssim(a[..., :8, :8], a[..., :8, :8], gaussian=True)
+
+
+def test_lab_and_panel(digits32):
+    from leakutils import widgets
+
+    x, y = digits32
+    torch.manual_seed(0)
+    target, shadow = inv.Classifier(channels=(4, 8, 8)), inv.Classifier(channels=(4, 8, 8))
+    inv.train_classifier(target, x[:150], y[:150], epochs=1, seed=0)
+    inv.train_classifier(shadow, x[150:300], y[150:300], epochs=1, seed=1)
+    lab = inv.Lab(target, shadow, inv.class_averages(x[150:300], y[150:300]), steps=3)
+    parts = lab.parts(inv.outputs(shadow, x[150:200]))
+    sc = inv.FeatureScaler(parts)
+    f = inv.features(parts, "O+X", sc)
+    assert f.shape == (50, 1034) and abs(float(f[:, :10].mean())) < 1e-5  # O standardised
+    tc = inv.InverseTCNN(1034, widths=(8, 4, 4))
+    inv.train_inverse(tc, f, x[150:200], epochs=1)
+    lab.add(10, "O+X", tc, sc)
+    o = lab.observe(x[300:304], decimals=1, k=3)
+    assert int((o != 0).sum(1).max()) <= 3
+    demo = widgets.inversion_demo(lab, x[300:310], index=2, decimals=1)
+    assert set(demo) == {"original", "O+X", "X~", "class average", "ssim"}
+    assert all(-1 <= v <= 1 for v in demo["ssim"].values())
+    with pytest.raises(ValueError, match="k = 3"):
+        widgets.inversion_demo(lab, x[300:310], index=0, k=3)
+    with pytest.raises(ValueError, match="index"):
+        widgets.inversion_demo(lab, x[300:310], index=10)
+    with pytest.raises(ValueError, match="combination"):
+        lab.add(10, "Z", tc, sc)
+    import ipywidgets  # part of the test extra
+
+    assert isinstance(widgets.inversion_panel(lab, x[300:310]), ipywidgets.VBox)

@@ -1,0 +1,238 @@
+"""Exact weight extraction of a one-hidden-layer ReLU network from logit queries (black box).
+
+The attacker can query ``f(x) = A ReLU(W x + b) + c`` (logits, float64) and knows the
+architecture (input size D, hidden width N, K logits), not the weights. Along a line
+``x(t) = x0 + t d`` the function is piecewise linear in ``t``; it bends exactly where one
+hidden unit's pre-activation ``w_i . x + b_i`` crosses zero (a *critical point*). There the
+Jacobian of ``f`` jumps by a rank-one matrix,
+
+    J(t* + 0) - J(t* - 0) = sign(w_i . d) a_i w_i^T ,
+
+so the jump gives the row ``w_i`` up to a positive scale, with its orientation (the side
+on which the unit is active), and ``b_i = -w_i . x(t*)``. With every row known, the output
+layer ``A, c`` follows from a least-squares fit on further queries. Weights are
+identifiable only up to a permutation of the hidden units and a positive scale per unit
+(``ReLU(s z) = s ReLU(z)``): rows are returned with unit norm.
+
+This is the one-hidden-layer case of the differential attack of Carlini, Jagielski and
+Mironov, "Cryptanalytic Extraction of Neural Network Models", CRYPTO 2020, in the spirit of
+the equation-solving attacks of Tramer et al., "Stealing Machine Learning Models via
+Prediction APIs", USENIX Security 2016.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+__all__ = ["QueryCounter", "Extracted", "extract", "align", "as_oracle"]
+
+
+class QueryCounter:
+    """Wrap a black box ``f: (B, D) float64 -> (B, K)`` and count the inputs it was asked about."""
+
+    def __init__(self, f: Callable[[np.ndarray], np.ndarray]):
+        self.f, self.queries = f, 0
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+        self.queries += x.shape[0]
+        return np.asarray(self.f(x), dtype=np.float64)
+
+
+def as_oracle(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    """A black box of a torch model: numpy float64 inputs ``(B, D)`` to logits ``(B, K)``, in float64."""
+    import copy
+
+    m = copy.deepcopy(model).double().eval()
+
+    def f(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return m(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+    return f
+
+
+@dataclass
+class Extracted:
+    """Weights recovered from queries.
+
+    Attributes
+    ----------
+    W : numpy.ndarray
+        ``(N, D)`` float64 hidden-layer rows, each of unit Euclidean norm.
+    b : numpy.ndarray
+        ``(N,)`` hidden biases, on the same scale.
+    A : numpy.ndarray
+        ``(K, N)`` output weights (absorbing each unit's scale).
+    c : numpy.ndarray
+        ``(K,)`` output biases.
+    queries : int
+        Inputs sent to the black box.
+    diagnostics : dict
+        ``lines`` used, ``critical_points`` found, ``fit_residual`` (relative) of the output
+        layer's least squares.
+    """
+
+    W: np.ndarray
+    b: np.ndarray
+    A: np.ndarray
+    c: np.ndarray
+    queries: int
+    diagnostics: dict = field(default_factory=dict)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """The extracted network's logits for ``x`` ``(B, D)``."""
+        return np.maximum(x @ self.W.T + self.b, 0.0) @ self.A.T + self.c
+
+
+def _jacobian(f, x: np.ndarray, h: float) -> np.ndarray:
+    """Forward-difference Jacobian ``(K, D)``: exact on a linear piece wider than ``h``."""
+    D = x.shape[0]
+    pts = np.vstack([x, x + h * np.eye(D)])
+    y = f(pts)
+    return (y[1:] - y[0]).T / h
+
+
+def _kinks(f, x0, d, t0, t1, tol, depth=0, ends=None) -> list:
+    """Critical points of ``t -> f(x0 + t d)`` in ``[t0, t1]`` by recursive bisection."""
+    if ends is None:
+        ends = f(np.vstack([x0 + t0 * d, x0 + t1 * d]))
+    y0, y1 = ends
+    tm = 0.5 * (t0 + t1)
+    ym = f((x0 + tm * d)[None])[0]
+    lin = 0.5 * (y0 + y1)
+    scale = max(1.0, float(np.abs(ym).max()))
+    if np.abs(ym - lin).max() <= 1e-12 * scale and depth > 3:
+        return []
+    if t1 - t0 <= tol:
+        return [tm]
+    return _kinks(f, x0, d, t0, tm, tol, depth + 1, (y0, ym)) + _kinks(f, x0, d, tm, t1, tol, depth + 1, (ym, y1))
+
+
+def extract(oracle: Callable[[np.ndarray], np.ndarray], input_dim: int, hidden: int, *, lines: int = 4,
+            span: float | None = None, scale: float = 1.0, seed: int = 0, fit_queries: int | None = None) -> Extracted:
+    """Recover ``W, b, A, c`` of ``f(x) = A ReLU(W x + b) + c`` from queries, in float64.
+
+    Parameters
+    ----------
+    oracle : callable
+        The black box: numpy ``(B, D)`` float64 to logits ``(B, K)``. Wrap it in a
+        :class:`QueryCounter` to count queries (done here if it is not one).
+    input_dim : int
+        D.
+    hidden : int
+        N, the assumed hidden width.
+    lines : int
+        Random lines ``x0 + t d`` searched for critical points (more find more units).
+    span : float, optional
+        ``t`` ranges over ``[-span, span]``; ``x0 ~ N(0, scale^2)``, ``d`` uniform on the sphere.
+        Default ``4 sqrt(D) scale``: a hyperplane ``w . x + b = 0`` is crossed at
+        ``|t| ~ |w . x0| / |w . d| ~ sqrt(D) scale``.
+    scale : float
+    seed : int
+    fit_queries : int, optional
+        Random inputs for the output layer's least squares (default ``2 (N + D + 1)``).
+
+    Returns
+    -------
+    Extracted
+
+    Raises
+    ------
+    ValueError
+        The black box does not behave like the assumed architecture: more distinct
+        critical hyperplanes than ``hidden`` units, too few found to explain it, or an output
+        layer that the least squares cannot fit (relative residual above 1e-6). Also bad sizes.
+    """
+    if not isinstance(input_dim, int) or input_dim < 1 or not isinstance(hidden, int) or hidden < 1:
+        raise ValueError("input_dim and hidden must be positive integers")
+    f = oracle if isinstance(oracle, QueryCounter) else QueryCounter(oracle)
+    span = 4.0 * np.sqrt(input_dim) * scale if span is None else float(span)
+    rng = np.random.default_rng(seed)
+    K = f(np.zeros((1, input_dim))).shape[1]
+    rows, biases = [], []
+    found = 0
+    for _ in range(lines):
+        x0 = rng.normal(0.0, scale, input_dim)
+        d = rng.normal(size=input_dim)
+        d /= np.linalg.norm(d)
+        for t in _kinks(f, x0, d, -span, span, tol=1e-9 * span):
+            found += 1
+            if rows:  # a known unit's hyperplane? Then no Jacobians are needed (they cost 2 (D + 1) queries)
+                Wk, bk = np.array(rows), np.array(biases)
+                den = Wk @ d
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    tk = -(Wk @ x0 + bk) / den
+                if np.any(np.abs(tk - t) <= 1e-6 * span):
+                    continue
+            # the nearest other kink is far compared with delta in general position; check the rank
+            delta = 1e-4
+            J1 = _jacobian(f, x0 + (t + delta) * d, 1e-6)
+            J0 = _jacobian(f, x0 + (t - delta) * d, 1e-6)
+            M = J1 - J0
+            U, s, Vt = np.linalg.svd(M, full_matrices=False)
+            if s[0] == 0 or (len(s) > 1 and s[1] > 1e-6 * s[0]):
+                continue  # two units bend at once (or noise): skip this point
+            w = Vt[0]  # orientation (which side is active) is settled by the fit below
+            x_star = x0 + t * d
+            bias = -float(w @ x_star)
+            if any(abs(abs(float(w @ r)) - 1.0) < 1e-6 for r in rows):
+                continue  # a unit seen before
+            rows.append(w)
+            biases.append(bias)
+    if len(rows) > hidden:
+        raise ValueError(f"the black box bends along {len(rows)} distinct hyperplanes, more than the {hidden} hidden "
+                         f"units assumed: it is not a one-hidden-layer ReLU network of width {hidden}")
+    W, b = np.array(rows).reshape(-1, input_dim), np.array(biases)
+    n_units = W.shape[0]
+    n_fit = fit_queries or 2 * (n_units + input_dim + 1)
+    X = rng.normal(0.0, scale, (n_fit, input_dim))
+    Y = f(X)
+    # The jump of the Jacobian fixes a_i w_i^T but not which side of the hyperplane is active:
+    # a ReLU(z) and a ReLU(-z) = a ReLU(z) - a z differ by a linear term. Fit the linear terms
+    # too; a unit whose orientation is wrong shows up as -a_i w_i^T in them.
+    H = np.hstack([np.maximum(X @ W.T + b, 0.0), X, np.ones((n_fit, 1))])
+    sol, *_ = np.linalg.lstsq(H, Y, rcond=None)
+    A0, L = sol[:n_units].T, sol[n_units:n_units + input_dim].T  # (K, N), (K, D)
+    basis = np.stack([np.outer(A0[:, i], W[i]).ravel() for i in range(n_units)], 1)
+    gamma, *_ = np.linalg.lstsq(basis, L.ravel(), rcond=None)
+    flip = gamma < -0.5
+    W[flip], b[flip] = -W[flip], -b[flip]
+    H = np.hstack([np.maximum(X @ W.T + b, 0.0), np.ones((n_fit, 1))])
+    sol, *_ = np.linalg.lstsq(H, Y, rcond=None)
+    resid = float(np.linalg.norm(H @ sol - Y) / max(np.linalg.norm(Y), 1e-300))
+    if resid > 1e-6:
+        raise ValueError(f"the output layer does not fit the recovered hidden units (relative residual {resid:.1e}): "
+                         f"found {len(rows)} of {hidden} units. Search more lines, or the black box is not a "
+                         f"one-hidden-layer ReLU network of width {hidden}")
+    A, c = sol[:-1].T, sol[-1]
+    return Extracted(W=W, b=b, A=A, c=c, queries=f.queries,
+                     diagnostics={"lines": lines, "critical_points": found, "units_found": len(rows),
+                                  "fit_residual": resid, "outputs": K})
+
+
+def align(W_true: np.ndarray, b_true: np.ndarray, A_true: np.ndarray, ex: Extracted) -> dict:
+    """Compare extracted weights with the true ones after matching hidden units and their scales.
+
+    Each true row is scaled to unit norm (its scale moved into ``A``), then units are paired
+    with scipy's linear sum assignment on ``1 - |cos|`` of the rows.
+
+    Returns
+    -------
+    dict
+        ``perm`` (true unit of each extracted unit), ``max_error`` (worst absolute error over
+        W, b and A after alignment), ``errors`` per tensor.
+    """
+    n = np.linalg.norm(W_true, axis=1)
+    Wt, bt, At = W_true / n[:, None], b_true / n, A_true * n[None, :]
+    cost = 1.0 - np.abs(ex.W @ Wt.T)
+    r, cidx = linear_sum_assignment(cost)
+    perm = np.empty(ex.W.shape[0], dtype=int)
+    perm[r] = cidx
+    errs = {"W": float(np.abs(ex.W - Wt[perm]).max()), "b": float(np.abs(ex.b - bt[perm]).max()),
+            "A": float(np.abs(ex.A - At[:, perm]).max())}
+    return {"perm": perm, "errors": errs, "max_error": max(errs.values())}

@@ -78,10 +78,7 @@ def main(argv=None) -> dict:
     print(models, flush=True)
     avg = inv.class_averages(xs, ys)
 
-    def parts(model_out: torch.Tensor, k: int | None) -> dict:
-        init = avg[model_out.argmax(1)]
-        return {"O": model_out, "A": inv.last_layer_activations(shadow, model_out, k=k),
-                "X": inv.gradient_reconstruction(shadow, model_out, init, steps=args.steps, k=k)}
+    parts = inv.Lab(target, shadow, avg, steps=args.steps).parts
 
     o_s, o_t = inv.outputs(shadow, xs), inv.outputs(target, xt)
     train, test = parts(o_s, None), parts(o_t, None)
@@ -89,8 +86,8 @@ def main(argv=None) -> dict:
     baselines = {"class_average": scores(avg[o_t.argmax(1)], xt), "x_tilde_alone": scores(test["X"], xt)}
     print(baselines, flush=True)
 
-    def fit(combo, train_parts, seed, scale=True):
-        f = inv.features(train_parts, combo, scaler if scale else None)
+    def fit(combo, train_parts, seed, sc):
+        f = inv.features(train_parts, combo, sc)
         torch.manual_seed(seed)
         tc = inv.InverseTCNN(f.shape[1])
         inv.train_inverse(tc, f, xs, epochs=args.inverse_epochs, seed=seed)
@@ -100,7 +97,7 @@ def main(argv=None) -> dict:
     for combo in inv.COMBINATIONS:
         runs = []
         for seed in range(args.seeds):
-            tc = fit(combo, train, seed)
+            tc = fit(combo, train, seed, scaler)
             runs.append(scores(inv.invert(tc, inv.features(test, combo, scaler)), xt))
             if combo in ("O", "X") and seed == 0:
                 kept[combo] = tc
@@ -108,7 +105,7 @@ def main(argv=None) -> dict:
         print(combo, rq1[combo], flush=True)
     runs = []
     for seed in range(args.seeds):
-        tc = fit("O", train, seed, scale=False)
+        tc = fit("O", train, seed, None)
         runs.append(scores(inv.invert(tc, inv.features(test, "O")), xt))
     rq1["O (unscaled)"] = summary(runs)
     print("O (unscaled)", rq1["O (unscaled)"], flush=True)
@@ -129,10 +126,7 @@ def main(argv=None) -> dict:
         for combo in ("O", "X"):
             runs, ident, dist = [], [], []
             for seed in range(args.seeds):
-                f = inv.features(tr_k, combo, sc_k)
-                torch.manual_seed(seed)
-                tc = inv.InverseTCNN(f.shape[1])
-                inv.train_inverse(tc, f, xs, epochs=args.inverse_epochs, seed=seed)
+                tc = fit(combo, tr_k, seed, sc_k)
                 rec = inv.invert(tc, inv.features(te_k, combo, sc_k))
                 runs.append(scores(rec, xt))
                 ident.append(inv.identity_score(rec, xt, yt))

@@ -21,6 +21,7 @@ Prediction APIs", USENIX Security 2016.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -46,8 +47,6 @@ class QueryCounter:
 
 def as_oracle(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
     """A black box of a torch model: numpy float64 inputs ``(B, D)`` to logits ``(B, K)``, in float64."""
-    import copy
-
     m = copy.deepcopy(model).double().eval()
 
     def f(x: np.ndarray) -> np.ndarray:

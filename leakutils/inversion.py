@@ -65,6 +65,14 @@ def _check_images(x: torch.Tensor, name: str = "images") -> torch.Tensor:
     return x
 
 
+def _check_training(n_inputs: int, n_targets: int, epochs: int, batch_size: int, lr: float, what: str) -> None:
+    """Shared checks of the training loops: matching lengths and positive settings."""
+    if n_inputs != n_targets:
+        raise ValueError(f"{what} must have the same length")
+    if epochs < 1 or batch_size < 1 or lr <= 0:
+        raise ValueError("epochs, batch_size and lr must be positive")
+
+
 class Classifier(nn.Module):
     """The seed's target/shadow classifier: three conv blocks, a 50-unit linear layer, 10 logits.
 
@@ -195,10 +203,7 @@ def train_classifier(model: Classifier, images: torch.Tensor, labels: torch.Tens
         Images outside [0, 1], mismatched lengths, non-positive sizes.
     """
     _check_images(images)
-    if labels.shape[0] != images.shape[0]:
-        raise ValueError("images and labels must have the same length")
-    if epochs < 1 or batch_size < 1 or lr <= 0:
-        raise ValueError("epochs, batch_size and lr must be positive")
+    _check_training(images.shape[0], labels.shape[0], epochs, batch_size, lr, "images and labels")
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     history = {"loss": [], "accuracy": []}
@@ -473,10 +478,7 @@ def train_inverse(inverse: InverseTCNN, feats: torch.Tensor, images: torch.Tenso
     _check_images(images)
     if feats.ndim != 2 or feats.shape[1] != inverse.in_features:
         raise ValueError(f"feats must have shape (N, {inverse.in_features}), got {tuple(feats.shape)}")
-    if feats.shape[0] != images.shape[0]:
-        raise ValueError("feats and images must have the same length")
-    if epochs < 1 or batch_size < 1 or lr <= 0:
-        raise ValueError("epochs, batch_size and lr must be positive")
+    _check_training(feats.shape[0], images.shape[0], epochs, batch_size, lr, "feats and images")
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(inverse.parameters(), lr=lr)
     history = {"loss": []}

@@ -67,6 +67,26 @@ def _ipywidgets():
     return ipywidgets
 
 
+def _panel(controls: dict, show, rows: tuple = (None,)):
+    """Wire ``controls`` (name to ipywidget) to ``show(**values)``, which draws a figure.
+
+    ``rows`` gives the number of controls per row (``None``: the rest). Returns an ``ipywidgets.VBox``.
+    """
+    W = _ipywidgets()
+    import matplotlib.pyplot as plt
+
+    def draw(**values):
+        show(**values)
+        plt.show()
+
+    items, boxes, start = list(controls.values()), [], 0
+    for n in rows:
+        stop = len(items) if n is None else start + n
+        boxes.append(W.HBox(items[start:stop]))
+        start = stop
+    return W.VBox(boxes + [W.interactive_output(draw, controls)])
+
+
 @lru_cache(maxsize=len(DEMO_DATASETS))
 def _dataset(name: str):
     """A data set in float64, loaded once per session: the panels call back on every slider move."""
@@ -151,19 +171,12 @@ def bias_ratio_panel(width: int = 256):
         When ``ipywidgets`` is not installed (``pip install ipywidgets``).
     """
     W = _ipywidgets()
-    import matplotlib.pyplot as plt
-
-    ds = W.Dropdown(options=DEMO_DATASETS, value="mnist", description="data set")
-    idx = W.IntSlider(value=0, min=0, max=99, description="image")
-    bs = W.IntSlider(value=1, min=1, max=8, description="batch size")
-
-    def draw(dataset, index, batch_size):
-        result = bias_ratio_demo(dataset, index, batch_size, width=width)
-        show_bias_ratio_demo(result)
-        plt.show()
-
-    out = W.interactive_output(draw, {"dataset": ds, "index": idx, "batch_size": bs})
-    return W.VBox([W.HBox([ds, idx, bs]), out])
+    controls = {
+        "dataset": W.Dropdown(options=DEMO_DATASETS, value="mnist", description="data set"),
+        "index": W.IntSlider(value=0, min=0, max=99, description="image"),
+        "batch_size": W.IntSlider(value=1, min=1, max=8, description="batch size"),
+    }
+    return _panel(controls, lambda **v: show_bias_ratio_demo(bias_ratio_demo(**v, width=width)))
 
 
 # --------------------------------------------------------------------------- Chapter 2
@@ -270,18 +283,12 @@ def propagation_panel():
         When ``ipywidgets`` is not installed.
     """
     W = _ipywidgets()
-    import matplotlib.pyplot as plt
-
-    act = W.Dropdown(options=list(DEMO_ACTIVATIONS), value="sigmoid", description="activation")
-    ds = W.Dropdown(options=DEMO_DATASETS, value="mnist", description="data set")
-    idx = W.IntSlider(value=0, min=0, max=99, description="image")
-
-    def draw(activation, dataset, index):
-        show_propagation_demo(propagation_demo(activation, dataset, index))
-        plt.show()
-
-    out = W.interactive_output(draw, {"activation": act, "dataset": ds, "index": idx})
-    return W.VBox([W.HBox([act, ds, idx]), out])
+    controls = {
+        "activation": W.Dropdown(options=list(DEMO_ACTIVATIONS), value="sigmoid", description="activation"),
+        "dataset": W.Dropdown(options=DEMO_DATASETS, value="mnist", description="data set"),
+        "index": W.IntSlider(value=0, min=0, max=99, description="image"),
+    }
+    return _panel(controls, lambda **v: show_propagation_demo(propagation_demo(**v)))
 
 
 # --------------------------------------------------------------------------- Chapter 3
@@ -376,8 +383,6 @@ def conv_panel():
         When ``ipywidgets`` is not installed.
     """
     W = _ipywidgets()
-    import matplotlib.pyplot as plt
-
     controls = {
         "filters": W.IntSlider(value=4, min=1, max=32, description="filters"),
         "kernel": W.IntSlider(value=5, min=1, max=7, step=2, description="kernel"),
@@ -385,12 +390,7 @@ def conv_panel():
         "activation": W.Dropdown(options=list(DEMO_ACTIVATIONS), value="tanh", description="activation"),
     }
 
-    def draw(filters, kernel, stride, activation):
-        show_conv_demo(conv_demo(filters, kernel, stride, activation))
-        plt.show()
-
-    out = W.interactive_output(draw, controls)
-    return W.VBox([W.HBox(list(controls.values())[:2]), W.HBox(list(controls.values())[2:]), out])
+    return _panel(controls, lambda **v: show_conv_demo(conv_demo(**v)), rows=(2, None))
 
 
 # --------------------------------------------------------------------------- Chapter 4
@@ -472,10 +472,9 @@ def exan_demo(batch_size: int = 8, width: int = 1024, *, dataset: str = "mnist",
     exact = torch.zeros(batch_size, dtype=torch.bool)
     scores = None
     if ok.any():
-        scores = metrics.compare(rec.images[ok], x)
-        exact[torch.as_tensor(scores.true_idx)] = scores.psnr >= 100
         sub = Reconstruction(rec.images[ok], rec.labels[ok], rec.determined[ok], rec.diagnostics, rec.attack)
         scores = metrics.compare(sub, x, y)
+        exact[torch.as_tensor(scores.true_idx)] = scores.psnr >= 100
     return ExanDemo(images=x, labels=y, exans=exans, reconstruction=rec, scores=scores, exact=exact)
 
 
@@ -507,8 +506,6 @@ def exan_panel():
         When ``ipywidgets`` is not installed.
     """
     W = _ipywidgets()
-    import matplotlib.pyplot as plt
-
     controls = {
         "batch_size": W.IntSlider(value=8, min=1, max=64, description="batch size"),
         "width": W.Dropdown(options=[64, 128, 256, 512, 1024, 2048, 4096], value=1024, description="width"),
@@ -516,12 +513,7 @@ def exan_panel():
         "peel": W.Checkbox(value=True, description="peeling"),
     }
 
-    def draw(batch_size, width, dataset, peel):
-        show_exan_demo(exan_demo(batch_size, width, dataset=dataset, peel=peel))
-        plt.show()
-
-    out = W.interactive_output(draw, controls)
-    return W.VBox([W.HBox(list(controls.values())[:2]), W.HBox(list(controls.values())[2:]), out])
+    return _panel(controls, lambda **v: show_exan_demo(exan_demo(**v)), rows=(2, None))
 
 
 # --------------------------------------------------------------------------- Chapter 5
@@ -579,8 +571,6 @@ def inversion_panel(lab, images: torch.Tensor):
         When ``ipywidgets`` is not installed.
     """
     W = _ipywidgets()
-    import matplotlib.pyplot as plt
-
     ks = sorted({kv for kv, _ in lab.inverses}, reverse=True)
     controls = {
         "index": W.IntSlider(value=0, min=0, max=images.shape[0] - 1, description="test image"),
@@ -589,9 +579,4 @@ def inversion_panel(lab, images: torch.Tensor):
         "k": W.Dropdown(options=ks, value=ks[0], description="top k"),
     }
 
-    def draw(index, decimals, k):
-        show_inversion_demo(inversion_demo(lab, images, index, decimals=decimals, k=k))
-        plt.show()
-
-    out = W.interactive_output(draw, controls)
-    return W.VBox([W.HBox(list(controls.values())), out])
+    return _panel(controls, lambda **v: show_inversion_demo(inversion_demo(lab, images, **v)))

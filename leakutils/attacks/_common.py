@@ -65,6 +65,32 @@ def feeds_on_input(model: nn.Module, name: str, in_features: int, input_shape) -
     return math.prod(input_shape) == in_features
 
 
+def trace_leaves(model: nn.Module, input_shape: tuple) -> list:
+    """Run one zero input through ``model``; return ``(module, in_shape, out_shape)`` per leaf module called,
+    in call order (shapes per sample).
+
+    Raises
+    ------
+    ValueError
+        A model without parameters, or one that does not accept inputs of ``input_shape``.
+    """
+    order: list = []
+    hooks = [m.register_forward_hook(lambda mod, i, o: order.append((mod, tuple(i[0].shape[1:]), tuple(o.shape[1:]))))
+             for m in model.modules() if not any(True for _ in m.children())]
+    try:
+        param = next(model.parameters())
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, dtype=param.dtype))
+    except StopIteration:
+        raise ValueError("the model has no parameters") from None
+    except RuntimeError as err:
+        raise ValueError(f"the model does not accept inputs of shape {input_shape}: {err}") from None
+    finally:
+        for h in hooks:
+            h.remove()
+    return order
+
+
 def check_rtol(rtol: float) -> float:
     """Validate a relative tolerance in (0, 1)."""
     if not isinstance(rtol, (int, float)) or not 0 < rtol < 1:

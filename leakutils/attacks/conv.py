@@ -44,7 +44,7 @@ from torch import nn
 
 from .. import activations as acts
 from ..core import Reconstruction, Update
-from ._common import check_model_update, check_rtol, layer_gradient
+from ._common import check_model_update, check_rtol, layer_gradient, trace_leaves
 from .bias_ratio import reconstruct as bias_ratio_reconstruct
 from .labels import recover_labels
 
@@ -117,21 +117,8 @@ def parse_cnn(model: nn.Module, input_shape) -> tuple[list[ConvLayer], str]:
 
 
 def _parse(model: nn.Module, input_shape: tuple) -> _Parsed:
-    order: list = []
     names = {id(m): n for n, m in model.named_modules()}
-    hooks = [m.register_forward_hook(lambda mod, i, o: order.append((mod, tuple(i[0].shape[1:]), tuple(o.shape[1:]))))
-             for m in model.modules() if not any(True for _ in m.children())]
-    try:
-        param = next(model.parameters())
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, dtype=param.dtype))
-    except StopIteration:
-        raise ValueError("the model has no parameters") from None
-    except RuntimeError as err:
-        raise ValueError(f"the model does not accept inputs of shape {input_shape}: {err}") from None
-    finally:
-        for h in hooks:
-            h.remove()
+    order = trace_leaves(model, input_shape)
     layers: list[ConvLayer] = []
     k = 0
     while k < len(order):

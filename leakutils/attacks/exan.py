@@ -62,7 +62,7 @@ from scipy.sparse.csgraph import connected_components
 from torch import nn
 
 from ..core import Reconstruction, Update
-from ._common import check_model_update, check_rtol, layer_gradient
+from ._common import check_model_update, check_rtol, layer_gradient, trace_leaves
 
 __all__ = ["reconstruct", "group_exans", "loss_vector_ratios", "count_exans", "expected_exans", "Sample",
            "SCALES"]
@@ -126,27 +126,9 @@ class _Net:
     feature_shape: tuple  # shape of the first FC layer's input, per sample
 
 
-def _trace(model: nn.Module, input_shape: tuple) -> list:
-    order: list = []
-    hooks = [m.register_forward_hook(lambda mod, i, o: order.append(mod))
-             for m in model.modules() if not any(True for _ in m.children())]
-    try:
-        param = next(model.parameters())
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, dtype=param.dtype))
-    except StopIteration:
-        raise ValueError("the model has no parameters") from None
-    except RuntimeError as err:
-        raise ValueError(f"the model does not accept inputs of shape {input_shape}: {err}") from None
-    finally:
-        for h in hooks:
-            h.remove()
-    return order
-
-
 def _parse(model: nn.Module, input_shape: tuple) -> _Net:
     names = {id(m): n for n, m in model.named_modules()}
-    order = _trace(model, input_shape)
+    order = [mod for mod, _, _ in trace_leaves(model, input_shape)]
     convs: list = []
     feature_shape = input_shape
     if any(isinstance(m, nn.Conv2d) for m in order):
@@ -212,16 +194,22 @@ def _links(u: torch.Tensor, rtol: float, *, signed: bool) -> np.ndarray:
     return (2.0 - 2.0 * cos <= rtol * rtol).numpy()
 
 
-def _cliques(u: torch.Tensor, rtol: float, *, signed: bool, min_size: int) -> list[torch.Tensor]:
-    """Index sets of rows of ``u`` that are all within ``rtol`` of each other (size >= min_size)."""
+def _components(u: torch.Tensor, rtol: float, *, signed: bool) -> list[tuple[np.ndarray, bool]]:
+    """Connected groups of rows of ``u`` linked within ``rtol``, each with whether it is a clique
+    (all pairs linked: one direction, not a chain of near-misses)."""
     link = _links(u, rtol, signed=signed)
     n_comp, comp = connected_components(sp.csr_matrix(link), directed=False)
     out = []
-    for c in np.flatnonzero(np.bincount(comp, minlength=n_comp) >= min_size):
+    for c in range(n_comp):
         members = np.flatnonzero(comp == c)
-        if link[np.ix_(members, members)].all():  # a clique: one direction, not a chain of near-misses
-            out.append(torch.from_numpy(members))
+        out.append((members, bool(link[np.ix_(members, members)].all())))
     return out
+
+
+def _cliques(u: torch.Tensor, rtol: float, *, signed: bool, min_size: int) -> list[torch.Tensor]:
+    """Index sets of rows of ``u`` that are all within ``rtol`` of each other (size >= min_size)."""
+    return [torch.from_numpy(m) for m, clique in _components(u, rtol, signed=signed)
+            if m.size >= min_size and clique]
 
 
 def group_exans(columns: torch.Tensor, rows: torch.Tensor | None = None, *, rtol: float = 1e-5,
@@ -319,6 +307,13 @@ def loss_vector_ratios(column: torch.Tensor) -> tuple[torch.Tensor, int]:
     return c / c[d], d
 
 
+def _loss_vectors(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``softmax(z) - onehot(labels)`` for logits ``z`` ``(n, K)``."""
+    g = torch.softmax(z, 1)
+    g[torch.arange(g.shape[0]), labels] -= 1.0
+    return g
+
+
 def _label(direction: torch.Tensor) -> tuple[int | None, str]:
     neg = torch.nonzero(direction < 0).flatten()
     if neg.numel() != 1:
@@ -337,7 +332,7 @@ def _bias_ratios(G_h, Gb_h, units, rtol):
     return units, G_h[units] / w[ok, None]
 
 
-def _verified_top(groups, live, G, Gb, W, bvec, T, vtol, rtol):
+def _verified_top(groups, live, G, Gb, W, bvec, T, rtol):
     """Add samples found from single ExANs of the last hidden layer, checked by a forward pass."""
     grouped = torch.zeros_like(live)
     for g in groups:
@@ -351,16 +346,15 @@ def _verified_top(groups, live, G, Gb, W, bvec, T, vtol, rtol):
     neg = col < 0
     one = neg.sum(1) == 1
     label = torch.argmax(neg.to(torch.int64), 1)
-    g = torch.softmax(z, 1)
-    g[torch.arange(units.numel()), label] -= 1.0
+    g = _loss_vectors(z, label)
     rows = torch.arange(units.numel())
-    close = torch.linalg.vector_norm(_unit(g)[0] - col, dim=1) <= vtol
+    close = torch.linalg.vector_norm(_unit(g)[0] - col, dim=1) <= rtol
     # and in size: column / bias gradient = h_j g / delta_j, with delta_j = (W_o^T g)_j (the 1/M cancels)
     delta = (g @ W[T + 1])[rows, units]
     lhs = G[T + 1][:, units].T / Gb[T][units, None]
     safe = delta.abs() > 0
     rhs = h[rows, units][:, None] * g / torch.where(safe, delta, torch.ones_like(delta))[:, None]
-    sized = safe & (torch.linalg.vector_norm(lhs - rhs, dim=1) <= vtol * torch.linalg.vector_norm(lhs, dim=1))
+    sized = safe & (torch.linalg.vector_norm(lhs - rhs, dim=1) <= rtol * torch.linalg.vector_norm(lhs, dim=1))
     active = h[rows, units] > 0
     ok = one & close & sized & active
     units, cand = units[ok], cand[ok]
@@ -372,10 +366,10 @@ def _verified_top(groups, live, G, Gb, W, bvec, T, vtol, rtol):
         u, c = _bias_ratios(G[T], Gb[T], g_, rtol)
         base.append(c.mean(0) if u.numel() else None)
     new = []
-    for members in _cliques(_unit(cand)[0], vtol, signed=True, min_size=1):
+    for members in _cliques(_unit(cand)[0], rtol, signed=True, min_size=1):
         x = cand[members].mean(0)
         for k, b in enumerate(base):
-            if b is not None and float(torch.linalg.vector_norm(x - b)) <= vtol * float(torch.linalg.vector_norm(b)):
+            if b is not None and float(torch.linalg.vector_norm(x - b)) <= rtol * float(torch.linalg.vector_norm(b)):
                 groups[k] = torch.cat([groups[k], units[members]])
                 break
         else:
@@ -384,14 +378,14 @@ def _verified_top(groups, live, G, Gb, W, bvec, T, vtol, rtol):
     return groups + new
 
 
-def _forward_check(cand, G_h, Gb_h, W_h, b_h, target, vtol, rtol):
+def _forward_check(cand, G_h, Gb_h, W_h, b_h, target, rtol):
     """Units of ``cand`` whose bias-ratio input reproduces ``target`` (the layer's known output)."""
     units, inputs = _bias_ratios(G_h, Gb_h, cand, rtol)
     if units.numel() == 0:
         return units
     out = torch.relu(inputs @ W_h.T + b_h)
     err = torch.linalg.vector_norm(out - target, dim=1)
-    return units[err <= vtol * float(torch.linalg.vector_norm(target))]
+    return units[err <= rtol * float(torch.linalg.vector_norm(target))]
 
 
 def _parallel_rows(R: torch.Tensor, cand: torch.Tensor, rtol: float, need: int):
@@ -403,12 +397,8 @@ def _parallel_rows(R: torch.Tensor, cand: torch.Tensor, rtol: float, need: int):
     cand, ru = cand[ok], ru[ok]
     if cand.numel() == 0:
         return cand
-    link = _links(ru, rtol, signed=False)
-    n_comp, comp = connected_components(sp.csr_matrix(link), directed=False)
-    sizes = np.bincount(comp, minlength=n_comp)
-    best = int(np.argmax(sizes))
-    members = np.flatnonzero(comp == best)
-    if members.size < need or not link[np.ix_(members, members)].all():
+    members, clique = max(_components(ru, rtol, signed=False), key=lambda mc: mc[0].size)
+    if members.size < need or not clique:
         return cand[:0]
     return cand[torch.from_numpy(members)]
 
@@ -521,12 +511,12 @@ def reconstruct(model: nn.Module, update: Update, *, rtol: float = 1e-5, min_exa
         raise ValueError(f"max_rounds must be a non-negative integer, got {max_rounds!r}")
     net = _parse(model, tuple(update.input_shape))
     H = len(net.hidden)
-    W = [lin.weight.detach().to(torch.float64) for _, lin in net.hidden] + \
-        [net.out.weight.detach().to(torch.float64)]
+    layers = net.hidden + [(net.out_name, net.out)]
+    W = [lin.weight.detach().to(torch.float64) for _, lin in layers]
+    bvec = [lin.bias.detach().to(torch.float64) if lin.bias is not None else None for _, lin in layers]
     G = [layer_gradient(update, f"{n}.weight", lin.weight) for n, lin in net.hidden] + \
         [layer_gradient(update, f"{net.out_name}.weight", net.out.weight)]
-    Gb = [layer_gradient(update, f"{n}.bias", lin.bias) if lin.bias is not None else None
-          for n, lin in net.hidden + [(net.out_name, net.out)]]
+    Gb = [layer_gradient(update, f"{n}.bias", lin.bias) if lin.bias is not None else None for n, lin in layers]
     Gout = G[H]
     K = Gout.shape[0]
     if K < 2:
@@ -543,57 +533,43 @@ def reconstruct(model: nn.Module, update: Update, *, rtol: float = 1e-5, min_exa
             f"the columns of the output layer's gradient do not sum to zero (relative {col_sums:.1e}): the "
             f"loss is not softmax cross-entropy on the logits, which the ExAN attack assumes")
 
-    an = _analyse(net, model, W, G, Gb, rtol, min_exans, verify, scale)
+    an = _analyse(net, model, W, bvec, G, Gb, rtol, min_exans, verify, scale)
     found_first = len(an.samples)
     M_est, rounds = None, 0
-    samples, X, recovered = list(an.samples), an.X, an.recovered
-    images, determined, conv_info = _inputs(net, update, X, recovered, rtol, dense_limit)
+    found = _Found(list(an.samples), an.X, an.recovered, *_inputs(net, update, an.X, an.recovered, rtol, dense_limit))
     if peel and bool(an.recovered.any()):
-        M_est = _batch_size(net, G[H], an, rtol)
+        M_est = _batch_size(net, W, bvec, G[H], an, rtol)
         last = an
         while M_est is not None and rounds < max_rounds:
-            known = torch.nonzero(recovered & determined.flatten(1).all(1)).flatten()
+            known = torch.nonzero(found.recovered & found.determined.flatten(1).all(1)).flatten()
             if known.numel() == 0 or known.numel() >= M_est:
                 break
-            Gr, Gbr = _residual(net, model, G, Gb, M_est, images[known], [samples[k].label for k in known])
-            nxt = _analyse(net, model, W, Gr, Gbr, rtol, min_exans, verify, scale)
+            Gr, Gbr = _residual(net, model, G, Gb, M_est, found.images[known],
+                                [found.samples[k].label for k in known])
+            nxt = _analyse(net, model, W, bvec, Gr, Gbr, rtol, min_exans, verify, scale)
             rounds += 1
             last = nxt
             new = [k for k in torch.nonzero(nxt.recovered).flatten().tolist()
-                   if not _seen(nxt.X[k], X[recovered])]
+                   if not _seen(nxt.X[k], found.X[found.recovered])]
             if not new:
                 break
             for k in new:
                 nxt.samples[k].found_by = f"peeling (round {rounds}): " + nxt.samples[k].found_by
-            im, de, ci = _inputs(net, update, nxt.X[new], torch.ones(len(new), dtype=torch.bool), rtol, dense_limit)
-            keep = [k for k in range(len(samples)) if recovered[k]]
-            samples = [samples[k] for k in keep] + [nxt.samples[k] for k in new]
-            X = torch.cat([X[keep], nxt.X[new]])
-            images, determined = torch.cat([images[keep], im]), torch.cat([determined[keep], de])
-            if conv_info is not None:
-                conv_info = [conv_info[k] for k in keep] + ci
-            recovered = torch.ones(len(samples), dtype=torch.bool)
+            ok = torch.ones(len(new), dtype=torch.bool)
+            found = found.take(torch.nonzero(found.recovered).flatten().tolist()) + _Found(
+                [nxt.samples[k] for k in new], nxt.X[new], ok, *_inputs(net, update, nxt.X[new], ok, rtol, dense_limit))
         if rounds:  # samples the last remainder still shows but could not rebuild
             rest = [k for k in range(len(last.samples)) if not last.recovered[k]
-                    and not any(_same_sample(last.samples[k], s) for s in samples)]
-            samples = samples + [last.samples[k] for k in rest]
-            X = torch.cat([X, last.X[rest]])
-            images = torch.cat([images, torch.zeros(len(rest), *images.shape[1:], dtype=images.dtype)])
-            determined = torch.cat([determined, torch.zeros(len(rest), *determined.shape[1:], dtype=torch.bool)])
-            if conv_info is not None:
-                conv_info = conv_info + [None] * len(rest)
-            recovered = torch.cat([recovered, torch.zeros(len(rest), dtype=torch.bool)])
-    Mf = len(samples)
+                    and not any(_same_sample(last.samples[k], s) for s in found.samples)]
+            found = found + _Found.unrecovered([last.samples[k] for k in rest], last.X[rest], found)
     complete = an.complete
     if M_est is not None:
-        complete = int((recovered & determined.flatten(1).all(1)).sum()) == M_est
-        if complete and not bool(recovered.all()):  # every sample rebuilt: the rest were not samples
-            keep = torch.nonzero(recovered).flatten()
-            samples = [samples[k] for k in keep.tolist()]
-            X, images, determined, recovered = X[keep], images[keep], determined[keep], recovered[keep]
-            if conv_info is not None:
-                conv_info = [conv_info[k] for k in keep.tolist()]
-        Mf = len(samples)
+        complete = int((found.recovered & found.determined.flatten(1).all(1)).sum()) == M_est
+        if complete:  # every sample rebuilt: the rest were not samples
+            found = found.take(torch.nonzero(found.recovered).flatten().tolist())
+    samples, recovered, images, determined, conv_info = (found.samples, found.recovered, found.images,
+                                                         found.determined, found.conv)
+    Mf = len(samples)
 
     for m, s in enumerate(samples):
         if not recovered[m] and not s.reason:
@@ -617,30 +593,26 @@ def reconstruct(model: nn.Module, update: Update, *, rtol: float = 1e-5, min_exa
                           attack="exan")
 
 
-def _head_forward(net, feats):
+def _head_forward(W, bvec, feats):
     """The fully connected part in float64: (last hidden layer's output, logits) for flat features."""
     a = feats
-    for _, lin in net.hidden:
-        b = lin.bias.detach().to(torch.float64) if lin.bias is not None else 0.0
-        a = torch.relu(a @ lin.weight.detach().to(torch.float64).T + b)
-    b = net.out.bias.detach().to(torch.float64) if net.out.bias is not None else 0.0
-    return a, a @ net.out.weight.detach().to(torch.float64).T + b
+    for Wh, bh in zip(W[:-1], bvec[:-1]):
+        a = torch.relu(a @ Wh.T + (bh if bh is not None else 0.0))
+    return a, a @ W[-1].T + (bvec[-1] if bvec[-1] is not None else 0.0)
 
 
-def _batch_size(net, Gout, an, rtol):
+def _batch_size(net, W, bvec, Gout, an, rtol):
     """M from rebuilt samples: an ExAN column j of sample m is (1/M) h_j(x_m) g(x_m)."""
     T = len(net.hidden) - 1
     top = net.hidden[T][0]
     idx = [m for m in range(len(an.samples)) if an.recovered[m] and top in an.samples[m].exans]
     if not idx:
         return None
-    h, z = _head_forward(net, an.X[idx])
-    g = torch.softmax(z, 1)
+    h, z = _head_forward(W, bvec, an.X[idx])
+    g = _loss_vectors(z, torch.tensor([an.samples[m].label for m in idx]))
     estimates = []
     for k, m in enumerate(idx):
-        s = an.samples[m]
-        g[k, s.label] -= 1.0
-        E = s.exans[top]
+        E = an.samples[m].exans[top]
         pred = h[k, E][None, :] * g[k][:, None]  # (K, |E|)
         den = float((pred * pred).sum())
         if den > 0:
@@ -692,11 +664,41 @@ def _residual(net, model, G, Gb, M, images, labels):
 
 
 @dataclass
+class _Found:
+    """The samples found so far, with their parallel records (one entry per sample)."""
+
+    samples: list
+    X: torch.Tensor  # inputs of the fully connected part
+    recovered: torch.Tensor
+    images: torch.Tensor
+    determined: torch.Tensor
+    conv: list | None  # Chapter 3's per-layer diagnostics per sample (CNNs only)
+
+    def take(self, idx: list) -> "_Found":
+        return _Found([self.samples[k] for k in idx], self.X[idx], self.recovered[idx], self.images[idx],
+                      self.determined[idx], None if self.conv is None else [self.conv[k] for k in idx])
+
+    def __add__(self, other: "_Found") -> "_Found":
+        return _Found(self.samples + other.samples, torch.cat([self.X, other.X]),
+                      torch.cat([self.recovered, other.recovered]), torch.cat([self.images, other.images]),
+                      torch.cat([self.determined, other.determined]),
+                      None if self.conv is None else self.conv + other.conv)
+
+    @staticmethod
+    def unrecovered(samples: list, X: torch.Tensor, like: "_Found") -> "_Found":
+        """Samples reported as not recoverable: zero images, nothing determined."""
+        n = len(samples)
+        return _Found(samples, X, torch.zeros(n, dtype=torch.bool),
+                      torch.zeros(n, *like.images.shape[1:], dtype=like.images.dtype),
+                      torch.zeros(n, *like.determined.shape[1:], dtype=torch.bool),
+                      None if like.conv is None else [None] * n)
+
+
+@dataclass
 class _Analysis:
     samples: list
     X: torch.Tensor
     recovered: torch.Tensor
-    ex_sets: list
     live: torch.Tensor
     grouped: int
     n_paper: int
@@ -704,7 +706,7 @@ class _Analysis:
     pinv_info: dict | None
 
 
-def _analyse(net, model, W, G, Gb, rtol, min_exans, verify, scale) -> _Analysis:
+def _analyse(net, model, W, bvec, G, Gb, rtol, min_exans, verify, scale) -> _Analysis:
     """B.1-B.3 and the inputs of the fully connected part, from one set of (residual) gradients."""
     H = len(net.hidden)
     Gout = G[H]
@@ -712,14 +714,11 @@ def _analyse(net, model, W, G, Gb, rtol, min_exans, verify, scale) -> _Analysis:
     # ---- B.1: ExAN groups of the last hidden layer -> samples, batch size, loss directions
     T = H - 1  # index of the last hidden layer
     biased = all(g is not None for g in Gb[:H])
-    bvec = [lin.bias.detach().to(torch.float64) if lin.bias is not None else None
-            for _, lin in net.hidden + [(net.out_name, net.out)]]
-    vtol = rtol
     top_rows = G[T] if Gb[T] is None else torch.cat([G[T], Gb[T][:, None]], 1)
     groups, live = group_exans(Gout, top_rows, rtol=rtol, min_size=min_exans)
     n_paper = len(groups)
     if verify and biased:
-        groups = _verified_top(groups, live, G, Gb, W, bvec, T, vtol, rtol)
+        groups = _verified_top(groups, live, G, Gb, W, bvec, T, rtol)
     samples: list[Sample] = []
     ex_sets: list[dict] = []
     for k, grp in enumerate(groups):
@@ -777,8 +776,7 @@ def _analyse(net, model, W, G, Gb, rtol, min_exans, verify, scale) -> _Analysis:
         for m in known:
             cand = torch.nonzero(patterns[m][h - 1]).flatten()
             if verify and biased and (h - 1) in acts_[m]:
-                chosen = _forward_check(cand, G[h - 1], Gb[h - 1], W[h - 1], bvec[h - 1], acts_[m][h - 1], vtol,
-                                        rtol)
+                chosen = _forward_check(cand, G[h - 1], Gb[h - 1], W[h - 1], bvec[h - 1], acts_[m][h - 1], rtol)
             else:
                 others = torch.zeros_like(patterns[m][h - 1])
                 for m2 in known:
@@ -822,10 +820,8 @@ def _analyse(net, model, W, G, Gb, rtol, min_exans, verify, scale) -> _Analysis:
     idx = torch.tensor([m for m in torch.nonzero(recovered).flatten().tolist()
                         if not (samples[m].method == "pseudo-inverse" and scale == "uniform")], dtype=torch.int64)
     if idx.numel():
-        _, z = _head_forward(net, X[idx])
-        g = torch.softmax(z, 1)
-        lab = torch.tensor([samples[m].label for m in idx.tolist()])
-        g[torch.arange(idx.numel()), lab] -= 1.0
+        _, z = _head_forward(W, bvec, X[idx])
+        g = _loss_vectors(z, torch.tensor([samples[m].label for m in idx.tolist()]))
         dirs = torch.stack([samples[m].loss_direction for m in idx.tolist()])
         err = torch.linalg.vector_norm(_unit(g)[0] - dirs, dim=1)
         for k, m in enumerate(idx.tolist()):
@@ -836,7 +832,7 @@ def _analyse(net, model, W, G, Gb, rtol, min_exans, verify, scale) -> _Analysis:
                 s_.status, s_.method = "not recoverable", ""
                 s_.reason = (f"its rebuilt input does not reproduce its loss vector (off by {float(err[k]):.1e}): "
                              f"the units taken for its ExANs are shared by several samples")
-    return _Analysis(samples=samples, X=X, recovered=recovered, ex_sets=ex_sets, live=live,
+    return _Analysis(samples=samples, X=X, recovered=recovered, live=live,
                      grouped=int(sum(g.numel() for g in groups)), n_paper=n_paper, complete=complete,
                      pinv_info=pinv_info)
 

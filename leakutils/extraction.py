@@ -30,7 +30,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-__all__ = ["QueryCounter", "Extracted", "extract", "align", "as_oracle"]
+__all__ = ["QueryCounter", "Extracted", "extract", "align", "agreement", "as_oracle"]
 
 
 class QueryCounter:
@@ -72,8 +72,8 @@ class Extracted:
     queries : int
         Inputs sent to the black box.
     diagnostics : dict
-        ``lines`` used, ``critical_points`` found, ``fit_residual`` (relative) of the output
-        layer's least squares.
+        ``lines`` used, ``critical_points`` found, ``units_found``, ``fit_residual`` (relative)
+        of the output layer's least squares, ``outputs`` (K), ``complete`` (residual <= 1e-6).
     """
 
     W: np.ndarray
@@ -86,6 +86,20 @@ class Extracted:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """The extracted network's logits for ``x`` ``(B, D)``."""
         return np.maximum(x @ self.W.T + self.b, 0.0) @ self.A.T + self.c
+
+    def to_model(self, input_shape=None) -> nn.Module:
+        """A float64 :class:`leakutils.models.MLP` (``fc1``, ``act1`` ReLU, ``out``) holding these weights.
+
+        ``input_shape`` defaults to ``(D,)``; pass e.g. ``(1, 28, 28)`` to feed images. The model
+        computes the same function as the black box, with hidden units permuted and rescaled.
+        """
+        from .models import MLP
+        N, D = self.W.shape
+        m = MLP(input_shape or (D,), (N,), self.A.shape[0], dtype=torch.float64)
+        with torch.no_grad():
+            for p, v in ((m.fc1.weight, self.W), (m.fc1.bias, self.b), (m.out.weight, self.A), (m.out.bias, self.c)):
+                p.copy_(torch.from_numpy(np.ascontiguousarray(v)))
+        return m
 
 
 def _jacobian(f, x: np.ndarray, h: float) -> np.ndarray:
@@ -112,8 +126,28 @@ def _kinks(f, x0, d, t0, t1, tol, depth=0, ends=None) -> list:
     return _kinks(f, x0, d, t0, tm, tol, depth + 1, (y0, ym)) + _kinks(f, x0, d, tm, t1, tol, depth + 1, (ym, y1))
 
 
+def _refine(f, x0, d, t, delta):
+    """Place a critical point to rounding precision: intersect the two linear pieces beside it.
+
+    Bisection leaves ``t`` uncertain by its tolerance; the pieces ``y(t) = y_L + s_L (t - t_L)``
+    on the left and right are each exact from two queries, and their crossing is the kink.
+    """
+    ts = t + delta * np.array([-2.0, -1.0, 1.0, 2.0])
+    y = f(x0 + ts[:, None] * d)
+    sL, sR = (y[1] - y[0]) / delta, (y[3] - y[2]) / delta
+    ds = sL - sR
+    den = float(ds @ ds)
+    if den <= 1e-24 * max(1.0, float(sL @ sL)):
+        return t  # no measurable bend: keep the bisection's estimate
+    # y[1] + sL (tau - ts[1]) = y[2] + sR (tau - ts[2]), in least squares over the K outputs
+    rhs = (y[2] - sR * ts[2]) - (y[1] - sL * ts[1])
+    tau = float(ds @ rhs) / den
+    return tau if abs(tau - t) <= delta else t
+
+
 def extract(oracle: Callable[[np.ndarray], np.ndarray], input_dim: int, hidden: int, *, lines: int = 4,
-            span: float | None = None, scale: float = 1.0, seed: int = 0, fit_queries: int | None = None) -> Extracted:
+            span: float | None = None, scale: float = 1.0, seed: int = 0, fit_queries: int | None = None,
+            delta: float = 1e-2, h: float = 1e-4, strict: bool = True) -> Extracted:
     """Recover ``W, b, A, c`` of ``f(x) = A ReLU(W x + b) + c`` from queries, in float64.
 
     Parameters
@@ -135,6 +169,15 @@ def extract(oracle: Callable[[np.ndarray], np.ndarray], input_dim: int, hidden: 
     seed : int
     fit_queries : int, optional
         Random inputs for the output layer's least squares (default ``2 (N + D + 1)``).
+    delta, h : float
+        Jacobians are taken ``delta`` to each side of a critical point along the line, by
+        forward differences of step ``h`` (exact on a linear piece; larger steps lose fewer
+        digits to rounding, but must stay inside the piece: a stencil that crosses another
+        unit's hyperplane gives a jump of rank above one, and the point is skipped).
+    strict : bool
+        With False, a search that found too few units returns what it found (with
+        ``diagnostics["complete"] = False`` and the fit residual) instead of raising; the
+        Chapter 6 panel uses this to show a search with too few lines.
 
     Returns
     -------
@@ -169,9 +212,9 @@ def extract(oracle: Callable[[np.ndarray], np.ndarray], input_dim: int, hidden: 
                 if np.any(np.abs(tk - t) <= 1e-6 * span):
                     continue
             # the nearest other kink is far compared with delta in general position; check the rank
-            delta = 1e-4
-            J1 = _jacobian(f, x0 + (t + delta) * d, 1e-6)
-            J0 = _jacobian(f, x0 + (t - delta) * d, 1e-6)
+            t = _refine(f, x0, d, t, delta)
+            J1 = _jacobian(f, x0 + (t + delta) * d, h)
+            J0 = _jacobian(f, x0 + (t - delta) * d, h)
             M = J1 - J0
             U, s, Vt = np.linalg.svd(M, full_matrices=False)
             if s[0] == 0 or (len(s) > 1 and s[1] > 1e-6 * s[0]):
@@ -204,29 +247,50 @@ def extract(oracle: Callable[[np.ndarray], np.ndarray], input_dim: int, hidden: 
     H = np.hstack([np.maximum(X @ W.T + b, 0.0), np.ones((n_fit, 1))])
     sol, *_ = np.linalg.lstsq(H, Y, rcond=None)
     resid = float(np.linalg.norm(H @ sol - Y) / max(np.linalg.norm(Y), 1e-300))
-    if resid > 1e-6:
+    if resid > 1e-6 and strict:
         raise ValueError(f"the output layer does not fit the recovered hidden units (relative residual {resid:.1e}): "
                          f"found {len(rows)} of {hidden} units. Search more lines, or the black box is not a "
                          f"one-hidden-layer ReLU network of width {hidden}")
     A, c = sol[:-1].T, sol[-1]
     return Extracted(W=W, b=b, A=A, c=c, queries=f.queries,
                      diagnostics={"lines": lines, "critical_points": found, "units_found": len(rows),
-                                  "fit_residual": resid, "outputs": K})
+                                  "fit_residual": resid, "outputs": K, "complete": resid <= 1e-6})
 
 
 def align(W_true: np.ndarray, b_true: np.ndarray, A_true: np.ndarray, ex: Extracted) -> dict:
     """Compare extracted weights with the true ones after matching hidden units and their scales.
 
-    Each true row is scaled to unit norm (its scale moved into ``A``), then units are paired
-    with scipy's linear sum assignment on ``1 - |cos|`` of the rows.
+    Each true row is scaled to unit norm (its scale moved into ``A``: the network computes
+    the same function), then units are paired with scipy's linear sum assignment on
+    ``1 - |cos|`` of the rows. Errors are therefore on the scale of unit-norm rows.
+
+    Parameters
+    ----------
+    W_true, b_true, A_true : numpy.ndarray
+        The true ``(N, D)``, ``(N,)`` and ``(K, N)`` weights (float64).
+    ex : Extracted
+        With ``n <= N`` units (fewer when the search was incomplete).
 
     Returns
     -------
     dict
-        ``perm`` (true unit of each extracted unit), ``max_error`` (worst absolute error over
-        W, b and A after alignment), ``errors`` per tensor.
+        ``perm`` ``(n,)`` int (true unit of each extracted unit), ``max_error`` (worst absolute
+        error over W, b and A after alignment), ``errors`` per tensor.
+
+    Raises
+    ------
+    ValueError
+        Shapes that do not fit together, or a true row of (near) zero norm: such a unit never
+        bends the function, so it cannot be extracted, and its direction is undefined.
     """
+    W_true, b_true, A_true = (np.asarray(a, dtype=np.float64) for a in (W_true, b_true, A_true))
+    if W_true.ndim != 2 or W_true.shape[1] != ex.W.shape[1] or b_true.shape != (W_true.shape[0],) \
+            or A_true.shape != (ex.A.shape[0], W_true.shape[0]) or ex.W.shape[0] > W_true.shape[0]:
+        raise ValueError(f"true weights W {W_true.shape}, b {b_true.shape}, A {A_true.shape} do not fit the "
+                         f"extracted W {ex.W.shape}, A {ex.A.shape}")
     n = np.linalg.norm(W_true, axis=1)
+    if n.min() <= 1e-12 * max(n.max(), 1e-300):
+        raise ValueError("a true hidden unit has an all-zero weight row; drop it before aligning")
     Wt, bt, At = W_true / n[:, None], b_true / n, A_true * n[None, :]
     cost = 1.0 - np.abs(ex.W @ Wt.T)
     r, cidx = linear_sum_assignment(cost)
@@ -235,3 +299,22 @@ def align(W_true: np.ndarray, b_true: np.ndarray, A_true: np.ndarray, ex: Extrac
     errs = {"W": float(np.abs(ex.W - Wt[perm]).max()), "b": float(np.abs(ex.b - bt[perm]).max()),
             "A": float(np.abs(ex.A - At[:, perm]).max())}
     return {"perm": perm, "errors": errs, "max_error": max(errs.values())}
+
+
+def agreement(ex: Extracted, oracle: Callable[[np.ndarray], np.ndarray], X: np.ndarray) -> dict:
+    """Functional agreement of the extracted network with the black box on inputs ``X`` ``(B, D)``.
+
+    The queries made here are not counted against the attack (``X`` is held-out data used
+    only to judge it).
+
+    Returns
+    -------
+    dict
+        ``agreement``: fraction of inputs with the same top-1 class, in [0, 1];
+        ``max_logit_error``: the largest absolute logit difference; ``n``: B.
+    """
+    X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+    f = oracle.f if isinstance(oracle, QueryCounter) else oracle
+    y, y_hat = f(X), ex(X)
+    return {"agreement": float((y.argmax(1) == y_hat.argmax(1)).mean()),
+            "max_logit_error": float(np.abs(y - y_hat).max()), "n": int(X.shape[0])}

@@ -38,7 +38,7 @@ from . import models
 
 __all__ = ["Sizes", "Population", "train_population", "init_population", "unflatten", "flatten", "forward",
            "to_model", "MetaModel", "train_metamodel", "aae", "aape", "accuracy", "accuracy_difference",
-           "align_units", "scores", "AAPE_EPS"]
+           "align_units", "canonical_order", "scores", "AAPE_EPS"]
 
 AAPE_EPS = 1e-3
 """Floor of the AAPE's denominator: ``|w_hat - w| / max(|w|, AAPE_EPS)``. PyTorch's default
@@ -361,7 +361,7 @@ class MetaModel(nn.Module):
 
 
 def train_metamodel(pop: Population, *, similarity: float = 0.0, detach_similarity: bool = False,
-                    epochs: int = 200, lr: float = 1e-3, batch_size: int = 32, hidden: int = 256,
+                    align_targets: bool = False, epochs: int = 200, lr: float = 1e-3, batch_size: int = 32, hidden: int = 256,
                     latent: int = 64, seed: int = 0, progress: bool = False) -> tuple[MetaModel, dict]:
     """Train a :class:`MetaModel` on a population of white-box networks.
 
@@ -381,6 +381,9 @@ def train_metamodel(pop: Population, *, similarity: float = 0.0, detach_similari
         Compute the similarity loss on detached predicted weights, as seed 004's code did:
         the loss is reported but has no gradient, so training is the same as with
         ``similarity = 0``.
+    align_targets : bool
+        Train on the population in :func:`canonical_order` instead of the order in which
+        its units happened to be initialised.
     epochs, lr, batch_size, hidden, latent, seed : training settings (Adam).
     progress : bool
         Show a tqdm bar.
@@ -405,6 +408,9 @@ def train_metamodel(pop: Population, *, similarity: float = 0.0, detach_similari
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     torch.manual_seed(seed)
     s = pop.sizes
+    if align_targets:
+        pop = Population(canonical_order(pop.weights, s), pop.outputs, pop.accuracy, pop.seeds, s, pop.queries,
+                         pop.info)
     meta = MetaModel(s, pop.outputs.shape[1], hidden, latent)
     meta.fit_scalers(pop)
     opt = torch.optim.Adam(meta.parameters(), lr=lr)
@@ -518,6 +524,37 @@ def align_units(pred: torch.Tensor, true: torch.Tensor, sizes) -> torch.Tensor:
         pi = torch.from_numpy(perm)
         out.append(flatten(Wp[p][pi], bp[p][pi], Ap[p][:, pi], cp[p]))
     return torch.stack(out).reshape(shape)
+
+
+def canonical_order(weights: torch.Tensor, sizes, rounds: int = 3) -> torch.Tensor:
+    """Put the hidden units of every network of a population into one common order.
+
+    Each network is aligned (:func:`align_units`) to a reference: network 0 first, then the
+    mean of the aligned population, ``rounds`` times. Unit ``j`` of every network then plays
+    a similar role, so the per-weight mean of the population is a meaningful network (in the
+    random order of training it is close to zero) and a meta-model trained on these targets
+    does not have to guess an order that no output reveals.
+
+    Parameters
+    ----------
+    weights : torch.Tensor
+        ``(P, n_params)``.
+    rounds : int
+        Alignment rounds (>= 1).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(P, n_params)``: the same networks (same functions), units reordered.
+    """
+    s = _sizes(sizes)
+    if not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
+    ref = weights[0]
+    for _ in range(rounds):
+        weights = align_units(weights, ref.expand_as(weights).contiguous(), s)
+        ref = weights.mean(0)
+    return weights
 
 
 def scores(pred: torch.Tensor, true: torch.Tensor, images, labels, sizes, *, align: bool = False,

@@ -57,3 +57,24 @@ def test_mismatched_architecture_raises_clearly():
         ex.extract(ex.as_oracle(deep), 20, 16, lines=4)
     with pytest.raises(ValueError, match="positive"):
         ex.extract(ex.as_oracle(net), 0, 8)
+
+
+def test_extracted_model_agreement_and_partial_search():
+    net = _net(D=30, N=12, seed=3)
+    oracle = ex.as_oracle(net)
+    e = ex.extract(oracle, 30, 12, lines=4, seed=1)
+    X = np.random.default_rng(2).normal(size=(300, 30))
+    ag = ex.agreement(e, oracle, X)
+    assert ag["agreement"] == 1.0 and ag["max_logit_error"] < 1e-7 and ag["n"] == 300
+    m = e.to_model()
+    with torch.no_grad():
+        assert np.allclose(m(torch.from_numpy(X)).numpy(), oracle(X), atol=1e-7)
+    # too short a search: strict raises, strict=False returns what it found and says so
+    with pytest.raises(ValueError, match="Search more lines"):
+        ex.extract(oracle, 30, 12, lines=1, span=1.0, seed=1)
+    part = ex.extract(oracle, 30, 12, lines=1, span=1.0, seed=1, strict=False)
+    assert not part.diagnostics["complete"] and part.diagnostics["units_found"] < 12
+    al = ex.align(*_truth(net), part)  # the units it did find are exact
+    assert al["errors"]["W"] < 1e-6
+    with pytest.raises(ValueError, match="do not fit"):
+        ex.align(*_truth(_net(D=20)), e)

@@ -202,8 +202,14 @@ def extract(oracle: Callable[[np.ndarray], np.ndarray], input_dim: int, hidden: 
         x0 = rng.normal(0.0, scale, input_dim)
         d = rng.normal(size=input_dim)
         d /= np.linalg.norm(d)
-        for t in _kinks(f, x0, d, -span, span, tol=1e-9 * span):
+        ts = _kinks(f, x0, d, -span, span, tol=1e-9 * span)
+        gaps = np.diff(np.concatenate([[-np.inf], ts, [np.inf]]))
+        for k, t in enumerate(ts):
             found += 1
+            # stencils stay inside the two pieces beside this kink: a quarter of the gap to its neighbours
+            dk = min(delta, 0.25 * float(min(gaps[k], gaps[k + 1])))
+            if dk < 1e-6:
+                continue  # two kinks almost coincide on this line; other lines will cross these units
             if rows:  # a known unit's hyperplane? Then no Jacobians are needed (they cost 2 (D + 1) queries)
                 Wk, bk = np.array(rows), np.array(biases)
                 den = Wk @ d
@@ -212,9 +218,10 @@ def extract(oracle: Callable[[np.ndarray], np.ndarray], input_dim: int, hidden: 
                 if np.any(np.abs(tk - t) <= 1e-6 * span):
                     continue
             # the nearest other kink is far compared with delta in general position; check the rank
-            t = _refine(f, x0, d, t, delta)
-            J1 = _jacobian(f, x0 + (t + delta) * d, h)
-            J0 = _jacobian(f, x0 + (t - delta) * d, h)
+            t = _refine(f, x0, d, t, dk)
+            hk = min(h, 0.01 * dk)
+            J1 = _jacobian(f, x0 + (t + dk) * d, hk)
+            J0 = _jacobian(f, x0 + (t - dk) * d, hk)
             M = J1 - J0
             U, s, Vt = np.linalg.svd(M, full_matrices=False)
             if s[0] == 0 or (len(s) > 1 and s[1] > 1e-6 * s[0]):

@@ -21,7 +21,8 @@ __all__ = ["BiasRatioDemo", "bias_ratio_demo", "show_bias_ratio_demo", "bias_rat
            "PropagationDemo", "propagation_demo", "show_propagation_demo", "propagation_panel",
            "ConvDemo", "conv_demo", "show_conv_demo", "conv_panel",
            "ExanDemo", "exan_demo", "show_exan_demo", "exan_panel",
-           "inversion_demo", "show_inversion_demo", "inversion_panel"]
+           "inversion_demo", "show_inversion_demo", "inversion_panel",
+           "ExtractionDemo", "extraction_demo", "show_extraction_demo", "extraction_panel"]
 
 #: Data sets offered by the Chapter 1 panel.
 DEMO_DATASETS = ("mnist", "lfw", "patches", "retina", "digits")
@@ -580,3 +581,134 @@ def inversion_panel(lab, images: torch.Tensor):
     }
 
     return _panel(controls, lambda **v: show_inversion_demo(inversion_demo(lab, images, **v)))
+
+
+# --------------------------------------------------------------------------- Chapter 6
+
+
+@dataclass
+class ExtractionDemo:
+    """One exact extraction of a trained 784-N-10 ReLU network (Chapter 6).
+
+    Attributes
+    ----------
+    width, lines : int
+        N and the random lines searched.
+    queries : int
+        Inputs sent to the black box.
+    units_found : int
+    complete : bool
+        All units found and the output layer fits (relative residual <= 1e-6).
+    max_error : float
+        Worst absolute weight error after aligning units (over the units found).
+    agreement : float
+        Fraction of 900 held-out MNIST digits with the same top-1 class (NaN if incomplete).
+    true_rows, rows : torch.Tensor
+        ``(n, 1, 28, 28)`` float64: the first units' true rows (unit norm, sign of the
+        extracted one) and the extracted rows, mapped to [0, 1] for display.
+    seconds : float
+    """
+
+    width: int
+    lines: int
+    queries: int
+    units_found: int
+    complete: bool
+    max_error: float
+    agreement: float
+    true_rows: torch.Tensor
+    rows: torch.Tensor
+    seconds: float
+
+
+@lru_cache(maxsize=8)
+def _trained_mlp(width: int, seed: int):
+    """A 784-width-10 ReLU MLP trained for 3 epochs (Adam 1e-3) on MNIST digits 0-1999."""
+    from . import metamodel as mm
+
+    ds = _dataset("mnist")
+    x, y = ds.images[:2000].reshape(2000, -1).float(), ds.labels[:2000]
+    s = mm.Sizes(784, width, 10)
+    pop = mm.train_population(1, x, y, x[:1], sizes=s, epochs=3, seed=seed)
+    return mm.to_model(pop.weights[0], s)
+
+
+def extraction_demo(width: int = 16, lines: int = 4, *, seed: int = 0) -> ExtractionDemo:
+    """Extract a trained MNIST MLP ``784-width-10`` from logit queries and measure the result.
+
+    Parameters
+    ----------
+    width : int
+        Hidden units, 2..128.
+    lines : int
+        Random lines searched for critical points, 1..12. Too few lines miss units: the
+        result is then marked incomplete instead of raising.
+    seed : int
+        Seed of the target's training and of the search.
+
+    Raises
+    ------
+    ValueError
+        Sizes out of range.
+    """
+    import time
+
+    import numpy as np
+
+    from . import extraction as ex
+
+    if not (isinstance(width, int) and 2 <= width <= 128):
+        raise ValueError(f"width must be an integer in 2..128, got {width!r}")
+    if not (isinstance(lines, int) and 1 <= lines <= 12):
+        raise ValueError(f"lines must be an integer in 1..12, got {lines!r}")
+    net = _trained_mlp(width, seed)
+    oracle = ex.as_oracle(net)
+    t0 = time.perf_counter()
+    e = ex.extract(oracle, 784, width, lines=lines, seed=seed, strict=False)
+    seconds = time.perf_counter() - t0
+    W, b, A = (p.detach().numpy() for p in (net.fc1.weight, net.fc1.bias, net.out.weight))
+    al = ex.align(W, b, A, e)
+    complete = bool(e.diagnostics["complete"])
+    held_out = _dataset("mnist").images[4100:].reshape(900, -1).numpy()
+    agree = ex.agreement(e, oracle, held_out)["agreement"] if complete else float("nan")
+    n = min(6, e.W.shape[0])
+    true = W[al["perm"][:n]] / np.linalg.norm(W[al["perm"][:n]], axis=1, keepdims=True)
+    true *= np.sign(np.sum(true * e.W[:n], axis=1, keepdims=True))
+
+    def show(r):
+        r = torch.from_numpy(np.ascontiguousarray(r)).reshape(-1, 1, 28, 28)
+        m = r.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
+        return 0.5 + 0.5 * r / m
+
+    return ExtractionDemo(width=width, lines=lines, queries=e.queries, units_found=e.W.shape[0], complete=complete,
+                          max_error=al["max_error"] if complete else al["errors"]["W"], agreement=agree,
+                          true_rows=show(true), rows=show(e.W[:n]), seconds=seconds)
+
+
+def show_extraction_demo(result: ExtractionDemo):
+    """Plot an :class:`ExtractionDemo`: true rows above extracted rows (grey = 0), numbers in the title."""
+    n = result.rows.shape[0]
+    if result.complete:
+        head = (f"{result.queries:,} queries, {result.units_found}/{result.width} units, worst weight error "
+                f"{result.max_error:.1e}, agreement {result.agreement:.1%} ({result.seconds:.1f} s)")
+    else:
+        head = (f"{result.queries:,} queries: only {result.units_found}/{result.width} units found, so the output "
+                f"layer cannot be fitted; search more lines (row error {result.max_error:.1e})")
+    titles = [f"true unit {k}" for k in range(n)] + [f"extracted {k}" for k in range(n)]
+    return plot.image_grid(torch.cat([result.true_rows, result.rows]), titles, ncols=n, size=1.3, suptitle=head)
+
+
+def extraction_panel():
+    """A live panel: hidden width and number of search lines; see queries, units found, weight error.
+
+    Raises
+    ------
+    ImportError
+        When ``ipywidgets`` is not installed.
+    """
+    W = _ipywidgets()
+    controls = {
+        "width": W.Dropdown(options=[4, 8, 16, 32, 64, 128], value=16, description="width"),
+        "lines": W.IntSlider(value=4, min=1, max=12, description="lines"),
+    }
+    return _panel(controls, lambda **v: show_extraction_demo(extraction_demo(**v)))

@@ -110,8 +110,17 @@ def _jacobian(f, x: np.ndarray, h: float) -> np.ndarray:
     return (y[1:] - y[0]).T / h
 
 
-def _kinks(f, x0, d, t0, t1, tol, depth=0, ends=None) -> list:
-    """Critical points of ``t -> f(x0 + t d)`` in ``[t0, t1]`` by recursive bisection."""
+class _TooManyKinks(Exception):
+    pass
+
+
+def _kinks(f, x0, d, t0, t1, tol, limit, found=None, depth=0, ends=None) -> list:
+    """Critical points of ``t -> f(x0 + t d)`` in ``[t0, t1]`` by recursive bisection.
+
+    A line crosses each hidden unit's hyperplane at most once, so more than ``limit`` points
+    raise :class:`_TooManyKinks` (rounded or noisy outputs bend everywhere).
+    """
+    found = [] if found is None else found
     if ends is None:
         ends = f(np.vstack([x0 + t0 * d, x0 + t1 * d]))
     y0, y1 = ends
@@ -120,10 +129,14 @@ def _kinks(f, x0, d, t0, t1, tol, depth=0, ends=None) -> list:
     lin = 0.5 * (y0 + y1)
     scale = max(1.0, float(np.abs(ym).max()))
     if np.abs(ym - lin).max() <= 1e-12 * scale and depth > 3:
-        return []
+        return found
     if t1 - t0 <= tol:
-        return [tm]
-    return _kinks(f, x0, d, t0, tm, tol, depth + 1, (y0, ym)) + _kinks(f, x0, d, tm, t1, tol, depth + 1, (ym, y1))
+        found.append(tm)
+        if len(found) > limit:
+            raise _TooManyKinks
+        return found
+    _kinks(f, x0, d, t0, tm, tol, limit, found, depth + 1, (y0, ym))
+    return _kinks(f, x0, d, tm, t1, tol, limit, found, depth + 1, (ym, y1))
 
 
 def _refine(f, x0, d, t, delta):
@@ -186,8 +199,9 @@ def extract(oracle: Callable[[np.ndarray], np.ndarray], input_dim: int, hidden: 
     Raises
     ------
     ValueError
-        The black box does not behave like the assumed architecture: more distinct
-        critical hyperplanes than ``hidden`` units, too few found to explain it, or an output
+        The black box does not behave like the assumed architecture: more critical points
+        on one line, or more distinct critical hyperplanes, than ``hidden`` units (also the
+        sign of rounded or noisy outputs), too few found to explain it, or an output
         layer that the least squares cannot fit (relative residual above 1e-6). Also bad sizes.
     """
     if not isinstance(input_dim, int) or input_dim < 1 or not isinstance(hidden, int) or hidden < 1:
@@ -202,7 +216,13 @@ def extract(oracle: Callable[[np.ndarray], np.ndarray], input_dim: int, hidden: 
         x0 = rng.normal(0.0, scale, input_dim)
         d = rng.normal(size=input_dim)
         d /= np.linalg.norm(d)
-        ts = _kinks(f, x0, d, -span, span, tol=1e-9 * span)
+        try:
+            ts = np.array(_kinks(f, x0, d, -span, span, 1e-9 * span, hidden))
+        except _TooManyKinks:
+            raise ValueError(
+                f"the black box bends at more than {hidden} points along one line, but a one-hidden-layer ReLU "
+                f"network of width {hidden} crosses each unit's hyperplane at most once: it is wider or deeper "
+                f"than assumed, or its outputs are rounded or noisy (this attack needs exact logits)") from None
         gaps = np.diff(np.concatenate([[-np.inf], ts, [np.inf]]))
         for k, t in enumerate(ts):
             found += 1
@@ -229,7 +249,8 @@ def extract(oracle: Callable[[np.ndarray], np.ndarray], input_dim: int, hidden: 
             w = Vt[0]  # orientation (which side is active) is settled by the fit below
             x_star = x0 + t * d
             bias = -float(w @ x_star)
-            if any(abs(abs(float(w @ r)) - 1.0) < 1e-6 for r in rows):
+            if any(abs(abs(float(w @ r)) - 1.0) < 1e-6 and abs(bias - np.sign(float(w @ r)) * br) < 1e-6 * (1 + abs(br))
+                   for r, br in zip(rows, biases)):
                 continue  # a unit seen before
             rows.append(w)
             biases.append(bias)
@@ -248,8 +269,14 @@ def extract(oracle: Callable[[np.ndarray], np.ndarray], input_dim: int, hidden: 
     sol, *_ = np.linalg.lstsq(H, Y, rcond=None)
     A0, L = sol[:n_units].T, sol[n_units:n_units + input_dim].T  # (K, N), (K, D)
     basis = np.stack([np.outer(A0[:, i], W[i]).ravel() for i in range(n_units)], 1)
-    gamma, *_ = np.linalg.lstsq(basis, L.ravel(), rcond=None)
+    gamma, _, rank, _ = np.linalg.lstsq(basis, L.ravel(), rcond=None)
     flip = gamma < -0.5
+    if rank < n_units:  # fewer linear-term equations (K D) than units: the flips are a small binary problem
+        if n_units > 16:
+            raise ValueError(f"cannot orient {n_units} units from {basis.shape[0]} linear-term equations (K D < N)")
+        subsets = (np.arange(2 ** n_units)[:, None] >> np.arange(n_units)) & 1
+        resid_flip = np.linalg.norm(L.ravel()[None] + subsets @ basis.T, axis=1)
+        flip = subsets[int(np.argmin(resid_flip))].astype(bool)
     W[flip], b[flip] = -W[flip], -b[flip]
     H = np.hstack([np.maximum(X @ W.T + b, 0.0), np.ones((n_fit, 1))])
     sol, *_ = np.linalg.lstsq(H, Y, rcond=None)

@@ -140,14 +140,14 @@ def to_model(flat: torch.Tensor, sizes, input_shape=None, dtype: torch.dtype = t
     ``input_shape`` defaults to ``(D,)``; pass ``(1, 28, 28)`` to feed images directly.
     """
     s = _sizes(sizes)
-    m = models.MLP(input_shape or (s.D,), (s.N,), s.K)
+    m = models.MLP(input_shape or (s.D,), (s.N,), s.K, dtype=dtype)
     W, b, A, c = unflatten(flat.detach().reshape(-1), s)
     with torch.no_grad():
         m.fc1.weight.copy_(W)
         m.fc1.bias.copy_(b)
         m.out.weight.copy_(A)
         m.out.bias.copy_(c)
-    return m.to(dtype)
+    return m
 
 
 def init_population(n_nets: int, sizes, seeds) -> torch.Tensor:

@@ -49,8 +49,10 @@ def test_query_counter_counts_inputs():
 
 def test_mismatched_architecture_raises_clearly():
     net = _net(N=8)
-    with pytest.raises(ValueError, match="more than the 4 hidden units"):
+    with pytest.raises(ValueError, match="more than 4 points along one line"):
         ex.extract(ex.as_oracle(net), 20, 4, lines=6)
+    with pytest.raises(ValueError, match="rounded or noisy"):
+        ex.extract(lambda X: np.round(ex.as_oracle(net)(X), 2), 20, 8, lines=2)
     torch.manual_seed(0)
     deep = models.MLP(20, (8, 8), dtype=torch.float64)
     with pytest.raises(ValueError, match="one-hidden-layer"):

@@ -8,6 +8,9 @@ One data flow through every chapter::
     attacks.<attack>.reconstruct(model, update)     -> Reconstruction
     metrics.compare(reconstruction, x, y)           -> Scores (MSE, PSNR, SSIM, labels)
     plot.* / widgets.*                              -> figures and live panels
+
+Without gradients: ``inversion`` (Chapter 5, model inversion from output vectors),
+``metamodel`` and ``extraction`` (Chapter 6, a black box's weights from its outputs).
 """
 from . import attacks, capture, data, metrics, models
 from .capture import client_update

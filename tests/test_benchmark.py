@@ -40,3 +40,18 @@ def test_inversion_benchmark_quick_prints_one_json_line_last():
     assert set(result["truncation"]) == {"10", "1"} and set(result["rounding"]) == {"1"}
     assert result["reference"]["identity"] == 1.0
     assert set(result["baselines"]) == {"class_average", "x_tilde_alone"}
+
+
+def test_extraction_benchmark_quick_prints_one_json_line_last():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "extraction.py"), "--quick"],
+                         capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(result["baselines"]) == {"untrained", "population_mean", "canonical_mean"}
+    assert set(result["metamodel"]) == {"weights_only", "seed_detached_similarity", "similarity",
+                                        "similarity_aligned_targets"}
+    # the seed's detached similarity loss has no gradient: the same meta-model as weights only
+    assert result["metamodel"]["seed_detached_similarity"] == result["metamodel"]["weights_only"]
+    for r in list(result["baselines"].values()) + list(result["metamodel"].values()):
+        assert r["aae_aligned"] <= r["aae"] + 1e-12 and 0 <= r["accuracy_difference"] <= 1
+    assert result["exact"]["max_error"] < 1e-6 and result["exact"]["agreement_min"] == 1.0
+    assert result["goals"]["exact_error_below_1e-6"] and result["goals"]["exact_agreement_100"]

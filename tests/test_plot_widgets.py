@@ -149,3 +149,27 @@ def test_exan_panel_builds():
     import ipywidgets  # part of the test extra
 
     assert isinstance(widgets.exan_panel(), ipywidgets.VBox)
+
+
+def test_extraction_demo_complete_and_short_search():
+    full = widgets.extraction_demo(width=8, lines=4)
+    assert full.complete and full.units_found == 8 and full.max_error < 1e-6 and full.agreement == 1.0
+    assert full.rows.shape == full.true_rows.shape == (6, 1, 28, 28)
+    assert float(full.rows.min()) >= 0 and float(full.rows.max()) <= 1
+    short = widgets.extraction_demo(width=16, lines=1)
+    assert not short.complete and short.units_found < 16 and short.agreement != short.agreement  # NaN
+    assert short.queries < widgets.extraction_demo(width=16, lines=4).queries
+    for r in (full, short):
+        assert isinstance(widgets.show_extraction_demo(r), matplotlib.figure.Figure)
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(width=1), "width"), (dict(lines=0), "lines")])
+def test_extraction_demo_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        widgets.extraction_demo(**kwargs)
+
+
+def test_extraction_panel_builds():
+    import ipywidgets  # part of the test extra
+
+    assert isinstance(widgets.extraction_panel(), ipywidgets.VBox)

@@ -159,6 +159,7 @@ def _refine(f, x0, d, t, delta):
 
 
 def extract(oracle: Callable[[np.ndarray], np.ndarray], input_dim: int, hidden: int, *, lines: int = 4,
+            max_lines: int | None = None,
             span: float | None = None, scale: float = 1.0, seed: int = 0, fit_queries: int | None = None,
             delta: float = 1e-2, h: float = 1e-4, strict: bool = True) -> Extracted:
     """Recover ``W, b, A, c`` of ``f(x) = A ReLU(W x + b) + c`` from queries, in float64.
@@ -173,7 +174,10 @@ def extract(oracle: Callable[[np.ndarray], np.ndarray], input_dim: int, hidden: 
     hidden : int
         N, the assumed hidden width.
     lines : int
-        Random lines ``x0 + t d`` searched for critical points (more find more units).
+        Random lines ``x0 + t d`` searched for critical points before the first fit.
+    max_lines : int, optional
+        While the output layer does not fit (a unit was missed), one more line is searched,
+        up to ``max_lines`` in all (default ``4 lines``).
     span : float, optional
         ``t`` ranges over ``[-span, span]``; ``x0 ~ N(0, scale^2)``, ``d`` uniform on the sphere.
         Default ``4 sqrt(D) scale``: a hyperplane ``w . x + b = 0`` is crossed at
@@ -181,7 +185,7 @@ def extract(oracle: Callable[[np.ndarray], np.ndarray], input_dim: int, hidden: 
     scale : float
     seed : int
     fit_queries : int, optional
-        Random inputs for the output layer's least squares (default ``2 (N + D + 1)``).
+        Random inputs for the output layer's least squares (default ``2 (hidden + D + 1)``).
     delta, h : float
         Jacobians are taken ``delta`` to each side of a critical point along the line, by
         forward differences of step ``h`` (exact on a linear piece; larger steps lose fewer
@@ -206,13 +210,18 @@ def extract(oracle: Callable[[np.ndarray], np.ndarray], input_dim: int, hidden: 
     """
     if not isinstance(input_dim, int) or input_dim < 1 or not isinstance(hidden, int) or hidden < 1:
         raise ValueError("input_dim and hidden must be positive integers")
+    max_lines = 4 * lines if max_lines is None else max_lines
+    if not isinstance(lines, int) or lines < 1 or not isinstance(max_lines, int) or max_lines < lines:
+        raise ValueError(f"need integers 1 <= lines <= max_lines, got lines={lines!r}, max_lines={max_lines!r}")
     f = oracle if isinstance(oracle, QueryCounter) else QueryCounter(oracle)
     span = 4.0 * np.sqrt(input_dim) * scale if span is None else float(span)
     rng = np.random.default_rng(seed)
     K = f(np.zeros((1, input_dim))).shape[1]
     rows, biases = [], []
     found = 0
-    for _ in range(lines):
+
+    def search_line():
+        nonlocal found
         x0 = rng.normal(0.0, scale, input_dim)
         d = rng.normal(size=input_dim)
         d /= np.linalg.norm(d)
@@ -254,40 +263,59 @@ def extract(oracle: Callable[[np.ndarray], np.ndarray], input_dim: int, hidden: 
                 continue  # a unit seen before
             rows.append(w)
             biases.append(bias)
-    if len(rows) > hidden:
-        raise ValueError(f"the black box bends along {len(rows)} distinct hyperplanes, more than the {hidden} hidden "
-                         f"units assumed: it is not a one-hidden-layer ReLU network of width {hidden}")
-    W, b = np.array(rows).reshape(-1, input_dim), np.array(biases)
-    n_units = W.shape[0]
-    n_fit = fit_queries or 2 * (n_units + input_dim + 1)
-    X = rng.normal(0.0, scale, (n_fit, input_dim))
-    Y = f(X)
-    # The jump of the Jacobian fixes a_i w_i^T but not which side of the hyperplane is active:
-    # a ReLU(z) and a ReLU(-z) = a ReLU(z) - a z differ by a linear term. Fit the linear terms
-    # too; a unit whose orientation is wrong shows up as -a_i w_i^T in them.
-    H = np.hstack([np.maximum(X @ W.T + b, 0.0), X, np.ones((n_fit, 1))])
-    sol, *_ = np.linalg.lstsq(H, Y, rcond=None)
-    A0, L = sol[:n_units].T, sol[n_units:n_units + input_dim].T  # (K, N), (K, D)
-    basis = np.stack([np.outer(A0[:, i], W[i]).ravel() for i in range(n_units)], 1)
-    gamma, _, rank, _ = np.linalg.lstsq(basis, L.ravel(), rcond=None)
-    flip = gamma < -0.5
-    if rank < n_units:  # fewer linear-term equations (K D) than units: the flips are a small binary problem
-        if n_units > 16:
-            raise ValueError(f"cannot orient {n_units} units from {basis.shape[0]} linear-term equations (K D < N)")
-        subsets = (np.arange(2 ** n_units)[:, None] >> np.arange(n_units)) & 1
-        resid_flip = np.linalg.norm(L.ravel()[None] + subsets @ basis.T, axis=1)
-        flip = subsets[int(np.argmin(resid_flip))].astype(bool)
-    W[flip], b[flip] = -W[flip], -b[flip]
-    H = np.hstack([np.maximum(X @ W.T + b, 0.0), np.ones((n_fit, 1))])
-    sol, *_ = np.linalg.lstsq(H, Y, rcond=None)
-    resid = float(np.linalg.norm(H @ sol - Y) / max(np.linalg.norm(Y), 1e-300))
+
+    def fit():
+        """Orient the rows and fit the output layer; returns (W, b, A, c, relative residual)."""
+        W, b = np.array(rows).reshape(-1, input_dim), np.array(biases)
+        n_units = W.shape[0]
+        # The jump of the Jacobian fixes a_i w_i^T but not which side of the hyperplane is active:
+        # a ReLU(z) and a ReLU(-z) = a ReLU(z) - a z differ by a linear term. Fit the linear terms
+        # too; a unit whose orientation is wrong shows up as -a_i w_i^T in them.
+        H = np.hstack([np.maximum(X @ W.T + b, 0.0), X, np.ones((n_fit, 1))])
+        sol, *_ = np.linalg.lstsq(H, Y, rcond=None)
+        A0, L = sol[:n_units].T, sol[n_units:n_units + input_dim].T  # (K, N), (K, D)
+        basis = np.stack([np.outer(A0[:, i], W[i]).ravel() for i in range(n_units)], 1)
+        gamma, _, rank, _ = np.linalg.lstsq(basis, L.ravel(), rcond=None)
+        flip = gamma < -0.5
+        if rank < n_units:  # fewer linear-term equations (K D) than units: the flips are a small binary problem
+            if n_units > 16:
+                raise ValueError(f"cannot orient {n_units} units from {basis.shape[0]} linear-term equations (K D < N)")
+            subsets = (np.arange(2 ** n_units)[:, None] >> np.arange(n_units)) & 1
+            resid_flip = np.linalg.norm(L.ravel()[None] + subsets @ basis.T, axis=1)
+            flip = subsets[int(np.argmin(resid_flip))].astype(bool)
+        W[flip], b[flip] = -W[flip], -b[flip]
+        H = np.hstack([np.maximum(X @ W.T + b, 0.0), np.ones((n_fit, 1))])
+        sol, *_ = np.linalg.lstsq(H, Y, rcond=None)
+        resid = float(np.linalg.norm(H @ sol - Y) / max(np.linalg.norm(Y), 1e-300))
+        return W, b, sol[:-1].T, sol[-1], resid
+
+    n_fit = fit_queries or 2 * (hidden + input_dim + 1)
+    X, Y = None, None
+    used, resid = 0, np.inf
+    while True:
+        while used < lines:
+            search_line()
+            used += 1
+        if len(rows) > hidden:
+            raise ValueError(f"the black box bends along {len(rows)} distinct hyperplanes, more than the {hidden} "
+                             f"hidden units assumed: it is not a one-hidden-layer ReLU network of width {hidden}")
+        if rows:
+            if X is None:
+                X = rng.normal(0.0, scale, (n_fit, input_dim))
+                Y = f(X)
+            W, b, A, c, resid = fit()
+        if resid <= 1e-6 or used >= max_lines:
+            break
+        lines = used + 1  # a unit may have been missed: search one more line
+    if not rows:
+        raise ValueError("no critical point found: the black box is linear along every line searched. Increase "
+                         "span or scale, or it has no active ReLU units")
     if resid > 1e-6 and strict:
         raise ValueError(f"the output layer does not fit the recovered hidden units (relative residual {resid:.1e}): "
-                         f"found {len(rows)} of {hidden} units. Search more lines, or the black box is not a "
-                         f"one-hidden-layer ReLU network of width {hidden}")
-    A, c = sol[:-1].T, sol[-1]
+                         f"found {len(rows)} of {hidden} units in {used} lines. Search more lines (max_lines), or "
+                         f"the black box is not a one-hidden-layer ReLU network of width {hidden}")
     return Extracted(W=W, b=b, A=A, c=c, queries=f.queries,
-                     diagnostics={"lines": lines, "critical_points": found, "units_found": len(rows),
+                     diagnostics={"lines": used, "critical_points": found, "units_found": len(rows),
                                   "fit_residual": resid, "outputs": K, "complete": resid <= 1e-6})
 
 

@@ -664,7 +664,7 @@ def extraction_demo(width: int = 16, lines: int = 4, *, seed: int = 0) -> Extrac
     net = _trained_mlp(width, seed)
     oracle = ex.as_oracle(net)
     t0 = time.perf_counter()
-    e = ex.extract(oracle, 784, width, lines=lines, seed=seed, strict=False)
+    e = ex.extract(oracle, 784, width, lines=lines, max_lines=lines, seed=seed, strict=False)
     seconds = time.perf_counter() - t0
     W, b, A = (p.detach().numpy() for p in (net.fc1.weight, net.fc1.bias, net.out.weight))
     al = ex.align(W, b, A, e)

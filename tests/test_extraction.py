@@ -59,6 +59,16 @@ def test_mismatched_architecture_raises_clearly():
         ex.extract(ex.as_oracle(deep), 20, 16, lines=4)
     with pytest.raises(ValueError, match="positive"):
         ex.extract(ex.as_oracle(net), 0, 8)
+    with pytest.raises(ValueError, match="max_lines"):
+        ex.extract(ex.as_oracle(net), 20, 8, lines=4, max_lines=2)
+
+
+def test_a_missed_unit_is_found_on_further_lines():
+    net = _net(D=30, N=12, seed=3)
+    # one short line misses units; the search goes on line by line until the output layer fits
+    e = ex.extract(ex.as_oracle(net), 30, 12, lines=1, span=5.0, seed=1)
+    assert e.diagnostics["complete"] and e.diagnostics["lines"] > 1 and e.diagnostics["units_found"] == 12
+    assert ex.align(*_truth(net), e)["max_error"] < 1e-6
 
 
 def test_extracted_model_agreement_and_partial_search():
@@ -73,8 +83,8 @@ def test_extracted_model_agreement_and_partial_search():
         assert np.allclose(m(torch.from_numpy(X)).numpy(), oracle(X), atol=1e-7)
     # too short a search: strict raises, strict=False returns what it found and says so
     with pytest.raises(ValueError, match="Search more lines"):
-        ex.extract(oracle, 30, 12, lines=1, span=1.0, seed=1)
-    part = ex.extract(oracle, 30, 12, lines=1, span=1.0, seed=1, strict=False)
+        ex.extract(oracle, 30, 12, lines=1, max_lines=1, span=1.0, seed=1)
+    part = ex.extract(oracle, 30, 12, lines=1, max_lines=1, span=1.0, seed=1, strict=False)
     assert not part.diagnostics["complete"] and part.diagnostics["units_found"] < 12
     al = ex.align(*_truth(net), part)  # the units it did find are exact
     assert al["errors"]["W"] < 1e-6

@@ -93,13 +93,11 @@ class Extracted:
         ``input_shape`` defaults to ``(D,)``; pass e.g. ``(1, 28, 28)`` to feed images. The model
         computes the same function as the black box, with hidden units permuted and rescaled.
         """
-        from .models import MLP
-        N, D = self.W.shape
-        m = MLP(input_shape or (D,), (N,), self.A.shape[0], dtype=torch.float64)
-        with torch.no_grad():
-            for p, v in ((m.fc1.weight, self.W), (m.fc1.bias, self.b), (m.out.weight, self.A), (m.out.bias, self.c)):
-                p.copy_(torch.from_numpy(np.ascontiguousarray(v)))
-        return m
+        from . import metamodel as mm
+
+        (N, D), K = self.W.shape, self.A.shape[0]
+        flat = mm.flatten(*(torch.from_numpy(np.ascontiguousarray(v)) for v in (self.W, self.b, self.A, self.c)))
+        return mm.to_model(flat, mm.Sizes(D, N, K), input_shape)
 
 
 def _jacobian(f, x: np.ndarray, h: float) -> np.ndarray:
@@ -156,6 +154,46 @@ def _refine(f, x0, d, t, delta):
     rhs = (y[2] - sR * ts[2]) - (y[1] - sL * ts[1])
     tau = float(ds @ rhs) / den
     return tau if abs(tau - t) <= delta else t
+
+
+def _search_line(f, x0, d, span, hidden, delta, h, rows: list, biases: list) -> int:
+    """Find the critical points on ``x0 + t d`` and append each new unit's row and bias.
+
+    Returns the number of critical points on the line.
+    """
+    try:
+        ts = np.array(_kinks(f, x0, d, -span, span, 1e-9 * span, hidden))
+    except _TooManyKinks:
+        raise ValueError(
+            f"the black box bends at more than {hidden} points along one line, but a one-hidden-layer ReLU "
+            f"network of width {hidden} crosses each unit's hyperplane at most once: it is wider or deeper "
+            f"than assumed, or its outputs are rounded or noisy (this attack needs exact logits)") from None
+    gaps = np.diff(np.concatenate([[-np.inf], ts, [np.inf]]))
+    for k, t in enumerate(ts):
+        # stencils stay inside the two pieces beside this kink: a quarter of the gap to its neighbours
+        dk = min(delta, 0.25 * float(min(gaps[k], gaps[k + 1])))
+        if dk < 1e-6:
+            continue  # two kinks almost coincide on this line; other lines will cross these units
+        if rows:  # a known unit's hyperplane? Then no Jacobians are needed (they cost 2 (D + 1) queries)
+            Wk, bk = np.array(rows), np.array(biases)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                tk = -(Wk @ x0 + bk) / (Wk @ d)
+            if np.any(np.abs(tk - t) <= 1e-6 * span):
+                continue
+        t = _refine(f, x0, d, t, dk)
+        hk = min(h, 0.01 * dk)
+        M = _jacobian(f, x0 + (t + dk) * d, hk) - _jacobian(f, x0 + (t - dk) * d, hk)
+        _, sv, Vt = np.linalg.svd(M, full_matrices=False)
+        if sv[0] == 0 or (len(sv) > 1 and sv[1] > 1e-6 * sv[0]):
+            continue  # two units bend at once (or noise): skip this point
+        w = Vt[0]  # orientation (which side is active) is settled by the fit in extract
+        bias = -float(w @ (x0 + t * d))
+        if any(abs(abs(float(w @ r)) - 1.0) < 1e-6 and abs(bias - np.sign(float(w @ r)) * br) < 1e-6 * (1 + abs(br))
+               for r, br in zip(rows, biases)):
+            continue  # a unit seen before
+        rows.append(w)
+        biases.append(bias)
+    return len(ts)
 
 
 def extract(oracle: Callable[[np.ndarray], np.ndarray], input_dim: int, hidden: int, *, lines: int = 4,
@@ -221,48 +259,10 @@ def extract(oracle: Callable[[np.ndarray], np.ndarray], input_dim: int, hidden: 
     found = 0
 
     def search_line():
-        nonlocal found
         x0 = rng.normal(0.0, scale, input_dim)
         d = rng.normal(size=input_dim)
         d /= np.linalg.norm(d)
-        try:
-            ts = np.array(_kinks(f, x0, d, -span, span, 1e-9 * span, hidden))
-        except _TooManyKinks:
-            raise ValueError(
-                f"the black box bends at more than {hidden} points along one line, but a one-hidden-layer ReLU "
-                f"network of width {hidden} crosses each unit's hyperplane at most once: it is wider or deeper "
-                f"than assumed, or its outputs are rounded or noisy (this attack needs exact logits)") from None
-        gaps = np.diff(np.concatenate([[-np.inf], ts, [np.inf]]))
-        for k, t in enumerate(ts):
-            found += 1
-            # stencils stay inside the two pieces beside this kink: a quarter of the gap to its neighbours
-            dk = min(delta, 0.25 * float(min(gaps[k], gaps[k + 1])))
-            if dk < 1e-6:
-                continue  # two kinks almost coincide on this line; other lines will cross these units
-            if rows:  # a known unit's hyperplane? Then no Jacobians are needed (they cost 2 (D + 1) queries)
-                Wk, bk = np.array(rows), np.array(biases)
-                den = Wk @ d
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    tk = -(Wk @ x0 + bk) / den
-                if np.any(np.abs(tk - t) <= 1e-6 * span):
-                    continue
-            # the nearest other kink is far compared with delta in general position; check the rank
-            t = _refine(f, x0, d, t, dk)
-            hk = min(h, 0.01 * dk)
-            J1 = _jacobian(f, x0 + (t + dk) * d, hk)
-            J0 = _jacobian(f, x0 + (t - dk) * d, hk)
-            M = J1 - J0
-            U, s, Vt = np.linalg.svd(M, full_matrices=False)
-            if s[0] == 0 or (len(s) > 1 and s[1] > 1e-6 * s[0]):
-                continue  # two units bend at once (or noise): skip this point
-            w = Vt[0]  # orientation (which side is active) is settled by the fit below
-            x_star = x0 + t * d
-            bias = -float(w @ x_star)
-            if any(abs(abs(float(w @ r)) - 1.0) < 1e-6 and abs(bias - np.sign(float(w @ r)) * br) < 1e-6 * (1 + abs(br))
-                   for r, br in zip(rows, biases)):
-                continue  # a unit seen before
-            rows.append(w)
-            biases.append(bias)
+        return _search_line(f, x0, d, span, hidden, delta, h, rows, biases)
 
     def fit():
         """Orient the rows and fit the output layer; returns (W, b, A, c, relative residual)."""
@@ -294,7 +294,7 @@ def extract(oracle: Callable[[np.ndarray], np.ndarray], input_dim: int, hidden: 
     used, resid = 0, np.inf
     while True:
         while used < lines:
-            search_line()
+            found += search_line()
             used += 1
         if len(rows) > hidden:
             raise ValueError(f"the black box bends along {len(rows)} distinct hyperplanes, more than the {hidden} "

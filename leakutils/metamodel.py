@@ -38,7 +38,7 @@ from . import models
 
 __all__ = ["Sizes", "Population", "train_population", "init_population", "unflatten", "flatten", "forward",
            "to_model", "MetaModel", "train_metamodel", "aae", "aape", "accuracy", "accuracy_difference",
-           "align_units", "canonical_order", "scores", "AAPE_EPS"]
+           "align_units", "canonical_order", "scores", "similarity_loss", "AAPE_EPS"]
 
 AAPE_EPS = 1e-3
 """Floor of the AAPE's denominator: ``|w_hat - w| / max(|w|, AAPE_EPS)``. PyTorch's default
@@ -360,6 +360,32 @@ class MetaModel(nn.Module):
         return self.standardised(outputs) * self.w_std + self.w_mean
 
 
+def similarity_loss(flat: torch.Tensor, outputs: torch.Tensor, queries: torch.Tensor, sizes) -> torch.Tensor:
+    """Seed 004's *prediction similarity* loss, differentiable in the predicted weights.
+
+    The KL divergence from the softmax of the observed logits to the softmax of the
+    logits of the networks ``flat`` on the same queries, summed over classes and averaged
+    over networks and queries.
+
+    Parameters
+    ----------
+    flat : torch.Tensor
+        ``(P, n_params)`` predicted weights (a meta-model's output).
+    outputs : torch.Tensor
+        ``(P, Q, K)`` observed logits of the networks being predicted.
+    queries : torch.Tensor
+        ``(Q, D)`` the query inputs.
+
+    Returns
+    -------
+    torch.Tensor
+        A scalar >= 0 (0 when the predicted networks reproduce the observed softmax).
+    """
+    logits = forward(flat, queries, sizes)
+    return nn.functional.kl_div(torch.log_softmax(logits, -1), torch.softmax(outputs, -1),
+                                reduction="none").sum(-1).mean()
+
+
 def train_metamodel(pop: Population, *, similarity: float = 0.0, detach_similarity: bool = False,
                     align_targets: bool = False, epochs: int = 200, lr: float = 1e-3, batch_size: int = 32, hidden: int = 256,
                     latent: int = 64, seed: int = 0, progress: bool = False) -> tuple[MetaModel, dict]:
@@ -415,7 +441,6 @@ def train_metamodel(pop: Population, *, similarity: float = 0.0, detach_similari
     meta.fit_scalers(pop)
     opt = torch.optim.Adam(meta.parameters(), lr=lr)
     target = (pop.weights - meta.w_mean) / meta.w_std
-    soft = torch.softmax(pop.outputs, -1)
     g = torch.Generator().manual_seed(seed)
     hist = {"weight_loss": [], "similarity_loss": []}
     for _ in tqdm(range(epochs), desc="meta-model", disable=not progress):
@@ -428,8 +453,8 @@ def train_metamodel(pop: Population, *, similarity: float = 0.0, detach_similari
             loss = loss_w
             flat = z * meta.w_std + meta.w_mean
             if similarity > 0 or detach_similarity:
-                logits = forward(flat.detach() if detach_similarity else flat, pop.queries, s)
-                loss_s = nn.functional.kl_div(torch.log_softmax(logits, -1), soft[idx], reduction="none").sum(-1).mean()
+                loss_s = similarity_loss(flat.detach() if detach_similarity else flat, pop.outputs[idx],
+                                         pop.queries, s)
                 loss = loss + similarity * loss_s
                 sl += float(loss_s.detach()) * len(idx)
             opt.zero_grad()
@@ -557,21 +582,22 @@ def canonical_order(weights: torch.Tensor, sizes, rounds: int = 3) -> torch.Tens
     return weights
 
 
-def scores(pred: torch.Tensor, true: torch.Tensor, images, labels, sizes, *, align: bool = False,
-           eps: float = AAPE_EPS) -> dict:
-    """Seed 004's three metrics for predicted vs true weights ``(P, n_params)``.
+def scores(pred: torch.Tensor, true: torch.Tensor, images, labels, sizes, *, eps: float = AAPE_EPS) -> dict:
+    """Seed 004's three metrics for predicted vs true weights ``(P, n_params)``, raw and aligned.
 
     Returns
     -------
     dict
-        ``aae``, ``aape`` (fractions, over all weights of all networks), ``accuracy_difference``
-        (mean over networks), ``accuracy_true`` and ``accuracy_pred`` (means), ``aligned``.
+        ``aae``, ``aape`` (fractions, over all weights of all networks), the same after
+        :func:`align_units` (``aae_aligned``, ``aape_aligned``), ``accuracy_difference`` (mean
+        over networks; alignment does not change it), ``accuracy_true`` and ``accuracy_pred``
+        (means).
     """
     s = _sizes(sizes)
-    if align:
-        pred = align_units(pred, true, s)
-    acc_t, acc_p = accuracy(true.reshape(-1, s.n_params), images, labels, s), accuracy(pred.reshape(-1, s.n_params),
-                                                                                      images, labels, s)
+    pred, true = pred.reshape(-1, s.n_params).contiguous(), true.reshape(-1, s.n_params)
+    aligned = align_units(pred, true, s)
+    acc_t, acc_p = accuracy(true, images, labels, s), accuracy(pred, images, labels, s)
     return {"aae": aae(pred, true), "aape": aape(pred, true, eps),
+            "aae_aligned": aae(aligned, true), "aape_aligned": aape(aligned, true, eps),
             "accuracy_difference": float((acc_t - acc_p).abs().mean()),
-            "accuracy_true": float(acc_t.mean()), "accuracy_pred": float(acc_p.mean()), "aligned": align}
+            "accuracy_true": float(acc_t.mean()), "accuracy_pred": float(acc_p.mean())}

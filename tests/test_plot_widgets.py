@@ -70,13 +70,6 @@ def test_bias_ratio_demo_errors(args, match):
         widgets.bias_ratio_demo(*args)
 
 
-def test_panel_builds():
-    import ipywidgets  # part of the test extra
-
-    panel = widgets.bias_ratio_panel(width=32)
-    assert isinstance(panel, ipywidgets.VBox)
-
-
 @pytest.mark.parametrize("activation", sorted(widgets.DEMO_ACTIVATIONS))
 def test_propagation_demo_is_exact_for_every_activation(activation):
     r = widgets.propagation_demo(activation, "digits", 5, width=32)
@@ -118,12 +111,6 @@ def test_conv_demo_errors(kwargs, match):
         widgets.conv_demo(**kwargs)
 
 
-def test_conv_panel_builds():
-    import ipywidgets  # part of the test extra
-
-    assert isinstance(widgets.conv_panel(), ipywidgets.VBox)
-
-
 def test_exan_demo_and_plot():
     small = widgets.exan_demo(batch_size=4, width=256)
     assert small.fraction_exact == 1.0 and small.scores.label_accuracy == 1.0
@@ -145,12 +132,6 @@ def test_exan_demo_errors(kwargs, match):
         widgets.exan_demo(**kwargs)
 
 
-def test_exan_panel_builds():
-    import ipywidgets  # part of the test extra
-
-    assert isinstance(widgets.exan_panel(), ipywidgets.VBox)
-
-
 def test_extraction_demo_complete_and_short_search():
     full = widgets.extraction_demo(width=8, lines=4)
     assert full.complete and full.units_found == 8 and full.max_error < 1e-6 and full.agreement == 1.0
@@ -169,7 +150,9 @@ def test_extraction_demo_errors(kwargs, match):
         widgets.extraction_demo(**kwargs)
 
 
-def test_extraction_panel_builds():
+@pytest.mark.parametrize("make", [lambda: widgets.bias_ratio_panel(width=32), widgets.conv_panel,
+                                  widgets.exan_panel, widgets.extraction_panel])
+def test_panel_builds(make):
     import ipywidgets  # part of the test extra
 
-    assert isinstance(widgets.extraction_panel(), ipywidgets.VBox)
+    assert isinstance(make(), ipywidgets.VBox)

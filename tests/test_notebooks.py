@@ -1,4 +1,5 @@
 """Checks of the notebooks as files: the Colab cell, no outputs, assertions, the table of contents."""
+import re
 import sys
 import types
 from pathlib import Path
@@ -64,3 +65,35 @@ def test_setup_cell_installs_only_on_colab(monkeypatch):
     calls = _run_setup_cell(monkeypatch, in_colab=True)
     url, branch = notebook_setup.repository()
     assert len(calls) == 1 and calls[0][-1] == f"leakutils[data,online] @ git+{url}@{branch}"
+
+
+_GLUE_ROLE = re.compile(r"\{glue(?::\w+)?\}`([A-Za-z0-9_]+)")
+_GLUE_CALL = re.compile(r"""\bglue\(\s*["']([A-Za-z0-9_]+)["']""")
+
+
+def _glue_keys(nb) -> tuple[set, list]:
+    """(keys cited by the Markdown, keys glued by the code cells in order) of one notebook."""
+    cited = {k for c in nb.cells if c.cell_type == "markdown" for k in _GLUE_ROLE.findall(c.source)}
+    glued = [k for c in nb.cells if c.cell_type == "code" for k in _GLUE_CALL.findall(c.source)]
+    return cited, glued
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_number_the_prose_cites_is_glued_by_its_own_notebook(path):
+    cited, glued = _glue_keys(nbformat.read(path, as_version=4))
+    missing = sorted(cited - set(glued))
+    assert not missing, f"{path.name} cites glue keys no cell glues: {missing}"
+
+
+def test_glue_keys_are_unique_across_the_book():
+    seen: dict = {}
+    for path in NOTEBOOKS:
+        for key in _glue_keys(nbformat.read(path, as_version=4))[1]:
+            assert seen.setdefault(key, path.name) == path.name, f"glue key {key!r} in {seen[key]} and {path.name}"
+
+
+def test_glue_outside_the_book_records_the_value():
+    from leakutils.book import glue, glued
+    assert glue("test_key_1", 2.5) == 2.5 and glued["test_key_1"] == 2.5
+    with pytest.raises(ValueError, match="letters, digits"):
+        glue("bad key", 1)

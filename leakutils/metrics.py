@@ -6,6 +6,17 @@ PSNR uses the data range of the images, ``R = 1`` for images in ``[0, 1]``:
 ``structural_similarity`` (Wang et al. 2004). Reconstructions of a batch come in arbitrary
 order, so :func:`compare` first matches them to the true samples (Hungarian assignment on
 pairwise MSE, ``scipy.optimize.linear_sum_assignment``), as the breaching framework does.
+
+Input rules (so that a score is never silently meaningless):
+
+- both arguments floating point, or both integer: an integer image (uint8, 0..255) against
+  a float one is refused; convert with ``.double()`` and pass the matching ``data_range``;
+- for images (3 or more axes), :func:`psnr`, :func:`ssim` and :func:`compare` refuse a TRUE
+  image (the second argument) with values outside ``[0, data_range]`` by more than
+  :data:`RANGE_MARGIN` of the range (images in 0..255 with the default ``data_range=1``);
+  reconstructions are not clipped and may exceed the range freely;
+- SSIM needs ``(B, C, H, W)``; a 3-D batch is ambiguous (``(N, H, W)`` or ``(C, H, W)``) and
+  is refused by :func:`compare` and :func:`ssim` with the reshaping to use.
 """
 from __future__ import annotations
 
@@ -19,7 +30,11 @@ from skimage.metrics import structural_similarity
 
 from .core import Reconstruction
 
-__all__ = ["mse", "psnr", "ssim", "label_accuracy", "match", "compare", "Scores"]
+__all__ = ["mse", "psnr", "ssim", "label_accuracy", "match", "compare", "Scores", "RANGE_MARGIN"]
+
+#: Fraction of ``data_range`` by which true images may leave ``[0, data_range]`` (round-off of
+#: a normalisation) before PSNR/SSIM refuse them as being in another range.
+RANGE_MARGIN = 0.01
 
 
 def _pair(a, b, what: str = "images") -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,6 +45,14 @@ def _pair(a, b, what: str = "images") -> tuple[torch.Tensor, torch.Tensor]:
                          f"match a batch first with metrics.match or use metrics.compare")
     if a.ndim < 2:
         raise ValueError(f"{what} need a batch axis: shape (B, C, H, W) or (B, D), got {tuple(a.shape)}")
+    if a.numel() == 0:
+        raise ValueError(f"{what} are empty (shape {tuple(a.shape)}); there is nothing to score")
+    if a.is_floating_point() != b.is_floating_point():
+        raise TypeError(f"{what} mix an integer dtype and a floating one ({a.dtype} and {b.dtype}): "
+                        f"convert both to floating point, e.g. x.double(), and give the data_range "
+                        f"of the images (255 for 0..255, 1.0 for [0, 1])")
+    if a.is_complex() or b.is_complex():
+        raise TypeError(f"{what} must be real, got {a.dtype} and {b.dtype}")
     a, b = a.detach().to(torch.float64), b.detach().to(torch.float64)
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
         raise ValueError(f"{what} contain NaN or infinite values; a reconstruction should never do so")
@@ -40,6 +63,17 @@ def _check_range(data_range: float) -> float:
     if not isinstance(data_range, (int, float)) or not data_range > 0:
         raise ValueError(f"data_range must be a positive number (1.0 for images in [0, 1]), got {data_range!r}")
     return float(data_range)
+
+
+def _check_true_range(true: torch.Tensor, r: float) -> None:
+    """Refuse true images (3+ axes) outside [0, r] by more than RANGE_MARGIN * r."""
+    if true.ndim < 3:
+        return
+    low, high = float(true.min()), float(true.max())
+    if low < -RANGE_MARGIN * r or high > (1 + RANGE_MARGIN) * r:
+        hint = " (images in 0..255: pass data_range=255)" if r < 255 and 1.5 < high <= 255 else ""
+        raise ValueError(f"the true images take values in [{low:.4g}, {high:.4g}], outside [0, {r:g}] = "
+                         f"[0, data_range]{hint}; give the data_range of the true images")
 
 
 def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -70,7 +104,9 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Ten
     Parameters
     ----------
     a, b : torch.Tensor
-        Same shape ``(B, ...)``.
+        Same shape ``(B, ...)``: ``a`` the reconstruction (any values), ``b`` the truth (for
+        images, within ``[0, data_range]`` up to :data:`RANGE_MARGIN`). Both floating point
+        or both integer.
     data_range : float
         Peak-to-peak range of the images: 1.0 for ``[0, 1]`` (the course's convention),
         255 only for images stored as 0..255.
@@ -84,9 +120,12 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Ten
     Raises
     ------
     TypeError, ValueError
-        As :func:`mse`, and a non-positive ``data_range``.
+        As :func:`mse`; an integer image against a float one; a non-positive ``data_range``;
+        true images outside ``[0, data_range]``.
     """
     r = _check_range(data_range)
+    _, truth = _pair(a, b)
+    _check_true_range(truth, r)
     m = mse(a, b)
     out = torch.full_like(m, float("inf"))
     nz = m > 0
@@ -118,12 +157,15 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, *, gaussian:
     Raises
     ------
     TypeError, ValueError
-        As :func:`mse`; images not of shape ``(B, C, H, W)`` or smaller than 3x3.
+        As :func:`psnr`; images not of shape ``(B, C, H, W)`` (a 3-D batch: add the channel
+        axis with ``x.unsqueeze(1)``) or smaller than 3x3.
     """
     r = _check_range(data_range)
     a, b = _pair(a, b)
     if a.ndim != 4:
-        raise ValueError(f"ssim needs images of shape (B, C, H, W), got {tuple(a.shape)}")
+        raise ValueError(f"ssim needs images of shape (B, C, H, W), got {tuple(a.shape)}; for a batch "
+                         f"of grey images (B, H, W) add the channel axis with x.unsqueeze(1)")
+    _check_true_range(b, r)
     side = min(a.shape[2], a.shape[3])
     if side < 3:
         raise ValueError(f"ssim needs images of at least 3x3 pixels, got {a.shape[2]}x{a.shape[3]}")
@@ -203,6 +245,16 @@ def match(reconstructed: torch.Tensor, true: torch.Tensor) -> tuple[np.ndarray, 
     return rec_idx[order], true_idx[order]
 
 
+def _median(values: torch.Tensor) -> float:
+    """Median as the mean of the two middle values (an even count), exact for ``inf`` PSNRs."""
+    v = torch.sort(values.flatten()).values
+    n = v.numel()
+    if n == 0:
+        return float("nan")
+    lo, hi = float(v[(n - 1) // 2]), float(v[n // 2])
+    return lo if lo == hi else (lo + hi) / 2
+
+
 @dataclass
 class Scores:
     """Per-sample scores of matched pairs, with their means.
@@ -236,6 +288,21 @@ class Scores:
         return float(self.psnr.min())
 
     @property
+    def median_psnr(self) -> float:
+        """Median PSNR in dB over the pairs (robust to a few exact or failed pairs)."""
+        return _median(self.psnr)
+
+    @property
+    def median_mse(self) -> float:
+        """Median MSE over the pairs."""
+        return _median(self.mse)
+
+    @property
+    def median_ssim(self) -> float:
+        """Median SSIM over the pairs (NaN for feature vectors, where SSIM is not computed)."""
+        return _median(self.ssim) if self.ssim.numel() else float("nan")
+
+    @property
     def mean_ssim(self) -> float:
         """Mean SSIM over the pairs (NaN when SSIM was not computed)."""
         return float(self.ssim.mean()) if self.ssim.numel() else float("nan")
@@ -248,10 +315,14 @@ class Scores:
     def as_dict(self) -> dict:
         """Means as plain floats, for tables and JSON."""
         return {"mse": self.mean_mse, "psnr_db": self.mean_psnr, "ssim": self.mean_ssim,
+                "median_mse": self.median_mse, "median_psnr_db": self.median_psnr,
+                "median_ssim": self.median_ssim,
                 "label_accuracy": self.label_accuracy, "pairs": int(len(self.true_idx))}
 
     def __str__(self) -> str:
-        s = f"MSE {self.mean_mse:.3g}, PSNR {self.mean_psnr:.1f} dB, SSIM {self.mean_ssim:.3f}"
+        s = f"MSE {self.mean_mse:.3g}, PSNR {self.mean_psnr:.1f} dB"
+        if self.ssim.numel():
+            s += f", SSIM {self.mean_ssim:.3f}"
         if self.label_accuracy is not None:
             s += f", label accuracy {self.label_accuracy:.0%}"
         return s
@@ -296,6 +367,10 @@ def compare(reconstruction, images: torch.Tensor, labels=None, *, data_range: fl
     if rec.shape[1:] != images.shape[1:]:
         raise ValueError(f"reconstructed samples {tuple(rec.shape[1:])} and true samples "
                          f"{tuple(images.shape[1:])} differ in shape")
+    if images.ndim == 3:
+        raise ValueError(f"images of shape {tuple(images.shape)} are ambiguous: give a batch of "
+                         f"images (B, C, H, W) (grey images (B, H, W): x.unsqueeze(1)) or feature "
+                         f"vectors (B, D)")
     if match_order:
         rec_idx, true_idx = match(rec, images)
     else:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-__all__ = ["to_display", "image_grid", "compare_grid", "federated_round"]
+__all__ = ["to_display", "show_image", "image_grid", "compare_grid", "federated_round"]
 
 
 def to_display(image: torch.Tensor) -> np.ndarray:
@@ -43,7 +43,32 @@ def to_display(image: torch.Tensor) -> np.ndarray:
 FONT = 10  # points: readable when a figure is shown at the width of a book page
 
 
-def _show(ax, image: torch.Tensor, title: str | None = None, below: str | None = None) -> None:
+def show_image(ax, image: torch.Tensor, title: str | None = None, below: str | None = None) -> None:
+    """Draw one image on a matplotlib ``Axes``, without ticks, as every figure of the book does.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+        Where to draw.
+    image : torch.Tensor
+        ``(1, H, W)`` (grey), ``(3, H, W)`` (colour) or ``(H, W)``; displayed clipped to
+        ``[0, 1]`` with nearest-neighbour pixels (see :func:`to_display`).
+    title : str, optional
+        Written above the image.
+    below : str, optional
+        Written under the image (e.g. its PSNR).
+
+    Raises
+    ------
+    TypeError
+        ``image`` is not a tensor, or ``ax`` is not a matplotlib ``Axes``.
+    ValueError
+        Another image shape or channel count.
+    """
+    from matplotlib.axes import Axes
+
+    if not isinstance(ax, Axes):
+        raise TypeError(f"ax must be a matplotlib Axes (e.g. from plt.subplots), got {type(ax).__name__}")
     arr = to_display(image)
     ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_xticks([])
@@ -52,6 +77,10 @@ def _show(ax, image: torch.Tensor, title: str | None = None, below: str | None =
         ax.set_title(title, fontsize=FONT)
     if below:
         ax.set_xlabel(below, fontsize=FONT)
+
+
+#: Alias of :func:`show_image`, kept for callers of its earlier private name.
+_show = show_image
 
 
 def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, *, ncols: int | None = None,
@@ -86,7 +115,7 @@ def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, *, nco
                              squeeze=False)
     for k, ax in enumerate(axes.flat):
         if k < n:
-            _show(ax, images[k], titles[k] if titles else None)
+            show_image(ax, images[k], titles[k] if titles else None)
         else:
             ax.axis("off")
     if suptitle:
@@ -139,7 +168,7 @@ def compare_grid(truth: torch.Tensor, reconstructed: torch.Tensor, scores=None, 
     fig, axes = plt.subplots(2, n, figsize=(size * max(n, 2) + 0.4, 2 * size + 1.0 + (0.4 if suptitle else 0)),
                              squeeze=False)
     for i in range(n):
-        _show(axes[0, i], truth[i], labels[i] if labels is not None else None)
+        show_image(axes[0, i], truth[i], labels[i] if labels is not None else None)
         if i in pairs:
             r, k = pairs[i]
             below = None
@@ -148,7 +177,7 @@ def compare_grid(truth: torch.Tensor, reconstructed: torch.Tensor, scores=None, 
                 below = "exact" if math.isinf(p) else (f"{p:.0f} dB" if p >= 100 else f"{p:.1f} dB")
                 if scores.ssim.numel():
                     below += f"\nSSIM {float(scores.ssim[k]):.2f}"
-            _show(axes[1, i], rec[r], below=below)
+            show_image(axes[1, i], rec[r], below=below)
         else:
             axes[1, i].set_xticks([])
             axes[1, i].set_yticks([])
@@ -182,7 +211,7 @@ def federated_round(image: torch.Tensor | None = None):
     ax.text(7.35, 1.3, "private batch\n$(x, y)$", ha="center", va="center", fontsize=9)
     if image is not None:
         sub = ax.inset_axes([8.7, 0.7, 1.0, 1.5], transform=ax.transData)
-        _show(sub, image)
+        show_image(sub, image)
     ax.add_patch(FancyArrowPatch((3.5, 2.3), (6.5, 2.3), arrowstyle="-|>", mutation_scale=15))
     ax.text(5.0, 2.5, "global weights $W, b$", ha="center", fontsize=9)
     ax.add_patch(FancyArrowPatch((6.5, 1.0), (3.5, 1.0), arrowstyle="-|>", mutation_scale=15, color="firebrick"))

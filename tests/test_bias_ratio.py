@@ -141,3 +141,126 @@ def test_error_wrong_argument_types(mlp, mnist):
         bias_ratio.reconstruct(mlp, dict(u.gradients))
     with pytest.raises(TypeError, match="leakutils Update"):
         bias_ratio.layer_input_gradient(mlp, None)
+
+
+def test_batch_mixture_is_not_determined_but_identical_samples_are(mlp, mnist):
+    for M in (2, 5):
+        u = capture.client_update(mlp, mnist.images[:M], mnist.labels[:M])
+        rec = bias_ratio.reconstruct(mlp, u, allow_batch=True)
+        assert not rec.determined.any() and rec.diagnostics["consistent"] is False
+        assert rec.diagnostics["check_relative_residual"] > 0.1
+    x, y = mnist[0]
+    u = capture.client_update(mlp, torch.cat([x, x]), torch.cat([y, y]))
+    rec = bias_ratio.reconstruct(mlp, u, allow_batch=True)
+    assert rec.determined.all() and float(metrics.psnr(rec.images, x)) >= 100
+
+
+def test_layers_declared_out_of_call_order(mnist):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.out = nn.Linear(100, 10)
+            self.fc1 = nn.Linear(784, 100)
+
+        def forward(self, x):
+            return self.out(torch.relu(self.fc1(x.flatten(1))))
+
+    torch.manual_seed(0)
+    net = Net().double()
+    x, y = mnist[0]
+    rec = bias_ratio.reconstruct(net, capture.client_update(net, x, y))
+    assert rec.diagnostics["layer"] == "fc1" and rec.labels.tolist() == y.tolist()
+    assert rec.images.shape == x.shape and rec.determined.all()
+    assert float(metrics.psnr(rec.images, x)) >= 100
+
+
+def test_batchnorm_in_training_mode_is_refused(mnist):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.BatchNorm1d(32), nn.ReLU(),
+                        nn.Linear(32, 10)).double()
+    u = capture.client_update(net, mnist.images[:2], mnist.labels[:2])
+    with pytest.raises(ValueError, match="BatchNorm1d in training mode"):
+        bias_ratio.reconstruct(net, u, allow_batch=True)
+    assert net.training and net[2].num_batches_tracked == 1  # the check traced without side effects
+    net.eval()
+    x, y = mnist[0]
+    rec = bias_ratio.reconstruct(net, capture.client_update(net, x, y))
+    assert rec.determined.all() and float(metrics.psnr(rec.images, x)) >= 100
+
+
+def test_wrong_activation_model_is_not_determined(mnist):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2, self.out = nn.Linear(784, 64), nn.Linear(64, 32), nn.Linear(32, 10)
+
+        def forward(self, x):
+            return self.out(torch.relu(self.fc2(torch.relu(self.fc1(x.flatten(1))))))
+
+    torch.manual_seed(0)
+    net = Net().double()
+    x, y = mnist[1]
+    u = capture.client_update(net, x, y)
+    rec = bias_ratio.reconstruct(net, u, layer="fc2")
+    hidden = torch.relu(net.fc1(x.flatten(1)))
+    assert rec.determined.all() and torch.allclose(rec.images, hidden, atol=1e-12)
+    # a reconstruction that the update does not support: the check says so
+    tampered = u.map(lambda n, g: g * 1.5 if n == "out.weight" else g)
+    rec = bias_ratio.reconstruct(net, tampered, layer="fc2")
+    assert not rec.determined.any() and not rec.diagnostics["consistent"]
+
+
+def test_noise_is_allowed_for_when_given(mlp, mnist):
+    x, y = mnist[2]
+    u = capture.client_update(mlp, x, y)
+    gen = torch.Generator().manual_seed(0)
+    sigma = 1e-8
+    noisy = u.map(lambda n, g: g + sigma * torch.randn(g.shape, generator=gen, dtype=g.dtype))
+    assert not bias_ratio.reconstruct(mlp, noisy).determined.any()
+    rec = bias_ratio.reconstruct(mlp, noisy, noise=sigma)
+    assert rec.determined.all() and float(metrics.psnr(rec.images, x)) > 60
+
+
+def test_clipped_update_is_determined_with_its_scale(mlp, mnist):
+    x, y = mnist[3]
+    u = capture.client_update(mlp, x, y).map(lambda n, g: 1e-3 * g)
+    rec = bias_ratio.reconstruct(mlp, u)
+    assert rec.determined.all() and abs(rec.diagnostics["check_scale"] - 1e-3) < 1e-12
+
+
+def _functional_net():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Linear(784, 8)
+
+        def forward(self, x):
+            return self.fc1(x.flatten(1))
+
+    torch.manual_seed(0)
+    return Net().double()
+
+
+@pytest.mark.parametrize("call, exc, fragment", [
+    (lambda m, u: bias_ratio.reconstruct("m", u), TypeError, "nn.Module"),
+    (lambda m, u: bias_ratio.reconstruct(m, "u"), TypeError, "Update"),
+    (lambda m, u: bias_ratio.reconstruct(m, u, layer=1), TypeError, "module name"),
+    (lambda m, u: bias_ratio.reconstruct(m, u, layer="act1"), TypeError, "not a Linear"),
+    (lambda m, u: bias_ratio.reconstruct(m, u, layer="nope"), ValueError, "no layer named"),
+    (lambda m, u: bias_ratio.reconstruct(m, u, rtol=0), ValueError, "rtol"),
+    (lambda m, u: bias_ratio.reconstruct(m, u, noise=-1.0), ValueError, "noise"),
+    (lambda m, u: bias_ratio.reconstruct(m, u.map(lambda n, g: g * float("nan"))), ValueError, "NaN"),
+    (lambda m, u: bias_ratio.reconstruct(m, u.map(lambda n, g: 0 * g)), ValueError, "zero up to round-off"),
+    (lambda m, u: bias_ratio.row_inputs(m, u, rtol=2), ValueError, "rtol"),
+    (lambda m, u: bias_ratio.row_inputs("m", u), TypeError, "nn.Module"),
+    (lambda m, u: bias_ratio.layer_input_gradient(m, "u"), TypeError, "Update"),
+    (lambda m, u: bias_ratio.layer_input_gradient(m, u, layer="nope"), ValueError, "no layer named"),
+    (lambda m, u: bias_ratio.reconstruct(models.MLP((1, 28, 28), (8,), bias=False, dtype=torch.float64), u),
+     ValueError, "no bias"),
+])
+def test_bad_input_is_refused_clearly(mlp, mnist, call, exc, fragment):
+    x, y = mnist[0]
+    u = capture.client_update(mlp, x, y)
+    with pytest.raises(exc) as info:
+        call(mlp, u)
+    assert fragment in str(info.value)

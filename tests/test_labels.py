@@ -44,3 +44,50 @@ def test_named_output_layer_and_errors(mlp, mnist):
         labels.recover_labels(mlp, u, rtol=2)
     with pytest.raises(TypeError):
         labels.recover_labels(mlp, "update")
+
+
+def test_bias_free_tanh_network_gives_no_label(mnist):
+    torch.manual_seed(0)
+    net = models.MLP((1, 28, 28), (64,), activation="tanh", bias=False, dtype=torch.float64)
+    x, y = mnist[0]
+    found = labels.recover_labels(net, capture.client_update(net, x, y))
+    assert found.labels.numel() == 0 and not found.certain and not found.consistent
+    assert "non-negative" in found.note and found.candidate.numel() == 1
+    relu = models.MLP((1, 28, 28), (64,), bias=False, dtype=torch.float64)
+    found = labels.recover_labels(relu, capture.client_update(relu, x, y))
+    assert found.certain and found.labels.tolist() == y.tolist() and found.note == ""
+
+
+def test_output_layer_found_in_call_order(mnist):
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.out = torch.nn.Linear(32, 10)
+            self.fc1 = torch.nn.Linear(784, 32)
+
+        def forward(self, x):
+            return self.out(torch.sigmoid(self.fc1(x.flatten(1))))
+
+    torch.manual_seed(0)
+    net = Net().double()
+    x, y = mnist[5]
+    found = labels.recover_labels(net, capture.client_update(net, x, y))
+    assert found.labels.tolist() == y.tolist() and found.certain
+
+
+@pytest.mark.parametrize("kwargs, exc, fragment", [
+    (dict(model="m"), TypeError, "nn.Module"),
+    (dict(update=3), TypeError, "Update"),
+    (dict(layer=5), TypeError, "module name"),
+    (dict(layer="fc9"), ValueError, "no layer named"),
+    (dict(layer="act1"), TypeError, "not a Linear"),
+    (dict(rtol=-1), ValueError, "rtol"),
+    (dict(rtol="x"), ValueError, "rtol"),
+])
+def test_bad_input_is_refused_clearly(mlp, mnist, kwargs, exc, fragment):
+    x, y = mnist[0]
+    args = dict(model=mlp, update=capture.client_update(mlp, x, y))
+    args.update(kwargs)
+    with pytest.raises(exc) as info:
+        labels.recover_labels(args.pop("model"), args.pop("update"), **args)
+    assert fragment in str(info.value)

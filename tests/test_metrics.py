@@ -84,3 +84,76 @@ def test_compare_fewer_reconstructions_than_samples(mnist):
 def test_bad_inputs(call, err, match):
     with pytest.raises(err, match=match):
         call()
+
+
+def test_uint8_against_float_and_0_255_range_are_refused():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 1, 8, 8, generator=gen, dtype=torch.float64)
+    x255 = (x * 255).round()
+    with pytest.raises(TypeError, match="data_range"):
+        metrics.psnr(x, x255.to(torch.uint8))
+    with pytest.raises(ValueError, match="data_range=255"):
+        metrics.psnr(x255 + 1, x255)
+    with pytest.raises(ValueError, match="data_range=255"):
+        metrics.compare(x255 + 1, x255)
+    assert float(metrics.psnr(x255 + 1, x255, data_range=255).min()) == pytest.approx(48.13, abs=0.01)
+    # a reconstruction (first argument) may leave the range: it is not clipped
+    assert torch.isfinite(metrics.psnr(x * 1.5, x)).all()
+    assert float(metrics.psnr(x255.clamp(max=254).to(torch.uint8), (x255.clamp(max=254) + 1).to(torch.uint8), 255)[0]) == pytest.approx(48.13, abs=0.01)
+
+
+def test_three_dimensional_batches_are_refused_not_nan():
+    x = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with pytest.raises(ValueError, match="unsqueeze"):
+        metrics.compare(x, x)
+    with pytest.raises(ValueError, match="unsqueeze"):
+        metrics.ssim(x, x)
+    s = metrics.compare(x.unsqueeze(1), x.unsqueeze(1))
+    assert s.mean_ssim == pytest.approx(1.0)
+
+
+def test_medians_next_to_means():
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    rec = x.clone()
+    rec[0] += 0.1
+    rec[1] += 0.01
+    s = metrics.compare(rec, x, match_order=False)
+    assert s.median_psnr == float("inf") and s.mean_psnr == float("inf")
+    rec[2] += 0.001
+    s = metrics.compare(rec, x, match_order=False)
+    assert s.median_psnr == pytest.approx(50.0) and s.median_mse == pytest.approx(5.05e-5)
+    assert 0 < s.median_ssim <= 1 and "median_psnr_db" in s.as_dict()
+    feats = metrics.compare(rec.flatten(1), x.flatten(1), match_order=False)
+    assert "SSIM" not in str(feats)
+
+
+@pytest.mark.parametrize("call, exc, fragment", [
+    (lambda x: metrics.mse(x.numpy(), x), TypeError, "torch tensors"),
+    (lambda x: metrics.mse(x, x[:1]), ValueError, "same shape"),
+    (lambda x: metrics.mse(x[0, 0, 0], x[0, 0, 0]), ValueError, "batch axis"),
+    (lambda x: metrics.mse(x[:0], x[:0]), ValueError, "empty"),
+    (lambda x: metrics.mse(x * float("nan"), x), ValueError, "NaN"),
+    (lambda x: metrics.mse(x, (x * 255).to(torch.uint8)), TypeError, "integer"),
+    (lambda x: metrics.psnr(x, x, data_range=0), ValueError, "data_range"),
+    (lambda x: metrics.psnr(x, x * 255), ValueError, "data_range=255"),
+    (lambda x: metrics.psnr(x, x - 0.5), ValueError, "outside [0, 1]"),
+    (lambda x: metrics.ssim(x, x, data_range=-1), ValueError, "data_range"),
+    (lambda x: metrics.ssim(x[:, :, :2, :2], x[:, :, :2, :2]), ValueError, "3x3"),
+    (lambda x: metrics.ssim(x, x, gaussian=True), ValueError, "11x11"),
+    (lambda x: metrics.ssim(x[:, 0], x[:, 0]), ValueError, "unsqueeze"),
+    (lambda x: metrics.label_accuracy([[1]], [1]), ValueError, "one-dimensional"),
+    (lambda x: metrics.label_accuracy([1], []), ValueError, "empty"),
+    (lambda x: metrics.match(x, x[:, :, :4]), ValueError, "same shape"),
+    (lambda x: metrics.match(x[:0], x), ValueError, "empty"),
+    (lambda x: metrics.match(x.tolist(), x), TypeError, "torch tensors"),
+    (lambda x: metrics.compare("rec", x), TypeError, "Reconstruction or a tensor"),
+    (lambda x: metrics.compare(x, x.numpy()), TypeError, "torch tensor"),
+    (lambda x: metrics.compare(x, x[:, :, :4]), ValueError, "differ in shape"),
+    (lambda x: metrics.compare(x, x, [1, 2]), ValueError, "recovered none"),
+    (lambda x: metrics.compare(x[:1], x, match_order=False), ValueError, "same batch size"),
+])
+def test_bad_input_is_refused_clearly(call, exc, fragment):
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    with pytest.raises(exc) as info:
+        call(x)
+    assert fragment in str(info.value)

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from leakutils import metrics, plot, widgets
+from leakutils.widgets import panel
 
 
 def test_to_display_shapes():
@@ -59,17 +60,6 @@ def test_bias_ratio_demo_single_and_batch():
     assert isinstance(widgets.show_bias_ratio_demo(batch), matplotlib.figure.Figure)
 
 
-@pytest.mark.parametrize("args, match", [
-    (("cifar10", 0, 1), "dataset must be one of"),
-    (("mnist", 0, 0), "batch_size"),
-    (("mnist", -1, 1), "index"),
-    (("lfw", 199, 2), "runs past the end"),
-])
-def test_bias_ratio_demo_errors(args, match):
-    with pytest.raises(ValueError, match=match):
-        widgets.bias_ratio_demo(*args)
-
-
 @pytest.mark.parametrize("activation", sorted(widgets.DEMO_ACTIVATIONS))
 def test_propagation_demo_is_exact_for_every_activation(activation):
     r = widgets.propagation_demo(activation, "digits", 5, width=32)
@@ -80,12 +70,6 @@ def test_propagation_demo_is_exact_for_every_activation(activation):
 def test_propagation_demo_plot_and_errors():
     r = widgets.propagation_demo("tanh", "lfw", 0, width=16)
     assert isinstance(widgets.show_propagation_demo(r), matplotlib.figure.Figure)
-    with pytest.raises(ValueError, match="activation must be one of"):
-        widgets.propagation_demo("silu")
-    with pytest.raises(ValueError, match="dataset must be one of"):
-        widgets.propagation_demo("tanh", "cifar10")
-    with pytest.raises(ValueError, match="index must be in"):
-        widgets.propagation_demo("tanh", "lfw", 200)
     import ipywidgets  # part of the test extra
 
     assert isinstance(widgets.propagation_panel(), ipywidgets.VBox)
@@ -100,17 +84,6 @@ def test_conv_demo_boundary_and_plot():
     assert isinstance(widgets.show_conv_demo(enough), matplotlib.figure.Figure)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(filters=0), "filters"),
-    (dict(kernel=10), "kernel"),
-    (dict(activation="silu"), "activation"),
-    (dict(dataset="cifar10"), "dataset"),
-])
-def test_conv_demo_errors(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        widgets.conv_demo(**kwargs)
-
-
 def test_exan_demo_and_plot():
     small = widgets.exan_demo(batch_size=4, width=256)
     assert small.fraction_exact == 1.0 and small.scores.label_accuracy == 1.0
@@ -119,17 +92,6 @@ def test_exan_demo_and_plot():
     assert paper.fraction_exact <= float((paper.exans >= 2).double().mean())
     assert isinstance(widgets.show_exan_demo(small), matplotlib.figure.Figure)
     assert isinstance(widgets.show_exan_demo(paper), matplotlib.figure.Figure)
-
-
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(batch_size=0), "batch_size"),
-    (dict(width=8), "width"),
-    (dict(dataset="cifar10"), "dataset"),
-    (dict(start=4999), "start"),
-])
-def test_exan_demo_errors(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        widgets.exan_demo(**kwargs)
 
 
 def test_extraction_demo_complete_and_short_search():
@@ -144,15 +106,188 @@ def test_extraction_demo_complete_and_short_search():
         assert isinstance(widgets.show_extraction_demo(r), matplotlib.figure.Figure)
 
 
-@pytest.mark.parametrize("kwargs, match", [(dict(width=1), "width"), (dict(lines=0), "lines")])
-def test_extraction_demo_errors(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        widgets.extraction_demo(**kwargs)
-
-
 @pytest.mark.parametrize("make", [lambda: widgets.bias_ratio_panel(width=32), widgets.conv_panel,
                                   widgets.exan_panel, widgets.extraction_panel])
 def test_panel_builds(make):
     import ipywidgets  # part of the test extra
 
     assert isinstance(make(), ipywidgets.VBox)
+
+
+def test_show_image_draws_and_refuses_bad_input(mnist):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    plot.show_image(ax, mnist.images[0], "top", below="under")
+    assert ax.get_title() == "top" and ax.get_xlabel() == "under" and len(ax.images) == 1
+    assert plot._show is plot.show_image
+    with pytest.raises(TypeError, match="matplotlib Axes"):
+        plot.show_image(None, mnist.images[0])
+    with pytest.raises(ValueError, match="an image must have shape"):
+        plot.show_image(ax, mnist.images[:2])
+
+
+@pytest.fixture(scope="module")
+def lab():
+    """An untrained inversion Lab with one inverse model for k = 10 (fast; for the widget wiring)."""
+    from leakutils import inversion as inv
+
+    torch.manual_seed(0)
+    lab = inv.Lab(inv.Classifier((4, 4, 4), hidden=8), inv.Classifier((4, 4, 4), hidden=8),
+                  torch.rand(10, 1, 32, 32), steps=1)
+    lab.add(10, "O", inv.InverseTCNN(10, widths=(8, 4, 2)), None)
+    return lab
+
+
+@pytest.fixture(scope="module")
+def digits32():
+    from leakutils import data
+
+    return data.load("mnist", 4, size=32).images
+
+
+def test_inversion_demo_and_panel(lab, digits32):
+    import ipywidgets  # part of the test extra
+
+    r = widgets.inversion_demo(lab, digits32, 2)
+    assert torch.equal(r["original"], digits32[2:3])
+    assert set(r["ssim"]) == {"O", "X~", "class average"} and all(-1 <= v <= 1 for v in r["ssim"].values())
+    assert isinstance(widgets.show_inversion_demo(r), matplotlib.figure.Figure)
+    assert isinstance(widgets.inversion_panel(lab, digits32), ipywidgets.VBox)
+
+
+def test_panel_factory_wires_controls_to_demo_and_show():
+    calls = []
+    box = panel.build_panel(lambda **v: calls.append(v) or v, lambda r: calls.append(("shown", r)),
+                            {"n": panel.Slider(2, 1, 5, "n"), "name": panel.Choice(["a", "b"], "a", "name"),
+                             "flag": panel.Toggle(False, "flag")}, rows=(2, None), fixed=7)
+    assert [len(row.children) for row in box.children[:-1]] == [2, 1]
+    assert calls[:2] == [{"n": 2, "name": "a", "flag": False, "fixed": 7},
+                         ("shown", {"n": 2, "name": "a", "flag": False, "fixed": 7})]
+    box.children[0].children[0].value = 4
+    assert calls[-1] == ("shown", {"n": 4, "name": "a", "flag": False, "fixed": 7})
+
+
+def test_package_exports_every_chapter_with_docstrings():
+    chapters = ("bias_ratio", "propagation", "conv", "exan", "inversion", "extraction")
+    parts = (("", "_demo"), ("show_", "_demo"), ("", "_panel"))
+    names = [f"{kind}{c}{suffix}" for c in chapters for kind, suffix in parts]
+    assert set(names) | {"DEMO_DATASETS", "DEMO_ACTIVATIONS"} <= set(widgets.__all__)
+    for name in widgets.__all__:
+        obj = getattr(widgets, name)
+        assert not callable(obj) or (obj.__doc__ and len(obj.__doc__) > 40), name
+    for name in names[::3]:
+        assert "Raises" in getattr(widgets, name).__doc__, name
+
+
+# Each public demo, show and panel function with one bad input: (call(lab, images), error, match).
+BAD_INPUTS = [
+    pytest.param(lambda lab, images: widgets.bias_ratio_demo("cifar10", 0, 1),
+                 ValueError, "dataset must be one of", id="bias_ratio-dataset"),
+    pytest.param(lambda lab, images: widgets.bias_ratio_demo(3),
+                 TypeError, "dataset must be a string", id="bias_ratio-dataset-type"),
+    pytest.param(lambda lab, images: widgets.bias_ratio_demo("mnist", 0, 0),
+                 ValueError, "batch_size must be an integer in 1..64", id="bias_ratio-batch0"),
+    pytest.param(lambda lab, images: widgets.bias_ratio_demo("mnist", 0, 65),
+                 ValueError, "batch_size", id="bias_ratio-batch65"),
+    pytest.param(lambda lab, images: widgets.bias_ratio_demo("mnist", 0, 2.0),
+                 TypeError, "batch_size must be an integer", id="bias_ratio-batch-float"),
+    pytest.param(lambda lab, images: widgets.bias_ratio_demo("mnist", -1, 1),
+                 ValueError, "index", id="bias_ratio-index"),
+    pytest.param(lambda lab, images: widgets.bias_ratio_demo("lfw", 199, 2),
+                 ValueError, "runs past the end", id="bias_ratio-past-end"),
+    pytest.param(lambda lab, images: widgets.bias_ratio_demo(width=0),
+                 ValueError, "width must be an integer in 1..8192", id="bias_ratio-width"),
+    pytest.param(lambda lab, images: widgets.bias_ratio_demo(seed=-1),
+                 ValueError, "seed", id="bias_ratio-seed"),
+    pytest.param(lambda lab, images: widgets.bias_ratio_demo(batch_size=True),
+                 TypeError, "batch_size", id="bias_ratio-batch-bool"),
+    pytest.param(lambda lab, images: widgets.propagation_demo("silu"),
+                 ValueError, "activation must be one of", id="propagation-activation"),
+    pytest.param(lambda lab, images: widgets.propagation_demo(["relu"]),
+                 TypeError, "activation must be a string", id="propagation-activation-type"),
+    pytest.param(lambda lab, images: widgets.propagation_demo("tanh", "cifar10"),
+                 ValueError, "dataset must be one of", id="propagation-dataset"),
+    pytest.param(lambda lab, images: widgets.propagation_demo("tanh", "lfw", 200),
+                 ValueError, r"index must be an integer in 0\.\.199", id="propagation-index"),
+    pytest.param(lambda lab, images: widgets.propagation_demo("tanh", width=0),
+                 ValueError, "width", id="propagation-width"),
+    pytest.param(lambda lab, images: widgets.conv_demo(filters=0),
+                 ValueError, "filters", id="conv-filters"),
+    pytest.param(lambda lab, images: widgets.conv_demo(filters=True),
+                 TypeError, "filters", id="conv-filters-bool"),
+    pytest.param(lambda lab, images: widgets.conv_demo(kernel=10),
+                 ValueError, "kernel", id="conv-kernel"),
+    pytest.param(lambda lab, images: widgets.conv_demo(stride=5),
+                 ValueError, "stride", id="conv-stride"),
+    pytest.param(lambda lab, images: widgets.conv_demo(size=2),
+                 ValueError, "size", id="conv-size"),
+    pytest.param(lambda lab, images: widgets.conv_demo(activation="silu"),
+                 ValueError, "activation", id="conv-activation"),
+    pytest.param(lambda lab, images: widgets.conv_demo(dataset="cifar10"),
+                 ValueError, "dataset", id="conv-dataset"),
+    pytest.param(lambda lab, images: widgets.conv_demo(index=-1),
+                 ValueError, "index", id="conv-index"),
+    pytest.param(lambda lab, images: widgets.conv_demo(method="svd"),
+                 ValueError, "method", id="conv-method"),
+    pytest.param(lambda lab, images: widgets.exan_demo(batch_size=0),
+                 ValueError, "batch_size", id="exan-batch"),
+    pytest.param(lambda lab, images: widgets.exan_demo(width=8),
+                 ValueError, "width", id="exan-width"),
+    pytest.param(lambda lab, images: widgets.exan_demo(dataset="cifar10"),
+                 ValueError, "dataset", id="exan-dataset"),
+    pytest.param(lambda lab, images: widgets.exan_demo(start=4999),
+                 ValueError, "start", id="exan-start"),
+    pytest.param(lambda lab, images: widgets.exan_demo(peel="yes"),
+                 TypeError, "peel must be True or False", id="exan-peel"),
+    pytest.param(lambda lab, images: widgets.inversion_demo(None, images),
+                 TypeError, "lab must be a leakutils.inversion.Lab", id="inversion-lab"),
+    pytest.param(lambda lab, images: widgets.inversion_demo(lab, images.numpy()),
+                 TypeError, "images must be a torch tensor", id="inversion-images-type"),
+    pytest.param(lambda lab, images: widgets.inversion_demo(lab, images[0]),
+                 ValueError, "non-empty batch", id="inversion-images-shape"),
+    pytest.param(lambda lab, images: widgets.inversion_demo(lab, images, 4),
+                 ValueError, r"index must be an integer in 0\.\.3", id="inversion-index"),
+    pytest.param(lambda lab, images: widgets.inversion_demo(lab, images, decimals=-1),
+                 ValueError, "decimals", id="inversion-decimals"),
+    pytest.param(lambda lab, images: widgets.inversion_demo(lab, images, k=5),
+                 ValueError, "no inverse model was trained for k = 5", id="inversion-k"),
+    pytest.param(lambda lab, images: widgets.inversion_panel(lab, [1]),
+                 TypeError, "images", id="inversion_panel-images"),
+    pytest.param(lambda lab, images: widgets.inversion_panel(type(lab)(lab.target, lab.shadow, lab.class_avg),
+                                                             images),
+                 ValueError, "no inverse model", id="inversion_panel-no-inverse"),
+    pytest.param(lambda lab, images: widgets.extraction_demo(width=1),
+                 ValueError, "width", id="extraction-width"),
+    pytest.param(lambda lab, images: widgets.extraction_demo(lines=0),
+                 ValueError, "lines", id="extraction-lines0"),
+    pytest.param(lambda lab, images: widgets.extraction_demo(lines=13),
+                 ValueError, "lines", id="extraction-lines13"),
+    pytest.param(lambda lab, images: widgets.extraction_demo(width=8.5),
+                 TypeError, "width", id="extraction-width-float"),
+    pytest.param(lambda lab, images: widgets.bias_ratio_panel(width=0),
+                 ValueError, "width", id="bias_ratio_panel-width"),
+    pytest.param(lambda lab, images: widgets.show_bias_ratio_demo(None),
+                 TypeError, "bias_ratio_demo", id="show_bias_ratio"),
+    pytest.param(lambda lab, images: widgets.show_propagation_demo({}),
+                 TypeError, "propagation_demo", id="show_propagation"),
+    pytest.param(lambda lab, images: widgets.show_conv_demo(None),
+                 TypeError, "conv_demo", id="show_conv"),
+    pytest.param(lambda lab, images: widgets.show_exan_demo(None),
+                 TypeError, "exan_demo", id="show_exan"),
+    pytest.param(lambda lab, images: widgets.show_extraction_demo(None),
+                 TypeError, "extraction_demo", id="show_extraction"),
+    pytest.param(lambda lab, images: widgets.show_inversion_demo({}),
+                 TypeError, "inversion_demo", id="show_inversion"),
+    pytest.param(lambda lab, images: panel.build_panel(widgets.conv_demo, widgets.show_conv_demo, {"filters": 4}),
+                 TypeError, "Slider", id="build_panel-control"),
+    pytest.param(lambda lab, images: panel.build_panel(widgets.conv_demo, widgets.show_conv_demo,
+                                                       {"filters": panel.Slider(4, 1, 8, "f")}, rows=(0,)),
+                 ValueError, "rows", id="build_panel-rows"),
+]
+
+
+@pytest.mark.parametrize("call, error, match", BAD_INPUTS)
+def test_every_widget_function_refuses_bad_input(call, error, match, lab, digits32):
+    with pytest.raises(error, match=match):
+        call(lab, digits32)

@@ -4,7 +4,9 @@
 - :mod:`leakutils.attacks.labels`: labels from the output layer's gradient (iDLG).
 - :mod:`leakutils.attacks.conv`: one sample through conv layers as linear systems (R-CONV; Chapter 3).
 - :mod:`leakutils.attacks.dlg`: Deep Leakage from Gradients, the optimisation baseline (Chapter 3).
+- :mod:`leakutils.attacks.residual`: the gradient-residual check every gradient attack ends
+  with, public so that any reconstruction can be checked against the update.
 """
-from . import bias_ratio, conv, dlg, exan, labels
+from . import bias_ratio, conv, dlg, exan, labels, residual
 
-__all__ = ["bias_ratio", "conv", "dlg", "exan", "labels"]
+__all__ = ["bias_ratio", "conv", "dlg", "exan", "labels", "residual"]

@@ -19,10 +19,32 @@ def check_model_update(model, update) -> None:
 
 
 def find_layer(model: nn.Module, layer: str | None, kind=nn.Linear, *, last: bool = False,
-               hint: str = "") -> tuple[str, nn.Module]:
-    """Return ``(name, module)`` of the named layer, or of the first (``last``: last) of ``kind``."""
+               hint: str = "", input_shape: tuple | None = None) -> tuple[str, nn.Module]:
+    """Return ``(name, module)`` of the named layer, or of the first (``last``: last) of ``kind``.
+
+    "First" and "last" follow the order in which the forward pass *calls* the layers when
+    ``input_shape`` (one sample's shape) is given: a zero input is traced through the model as
+    :func:`trace_leaves` does, so a network that declares ``out`` before ``fc1`` still has
+    ``fc1`` first. Without ``input_shape`` the definition order (``named_modules``) is used.
+
+    Raises
+    ------
+    TypeError
+        ``layer`` not a string, or the named module not of ``kind``.
+    ValueError
+        No layer of ``kind`` (called by the forward pass), an unknown name, or a model that
+        does not accept inputs of ``input_shape``.
+    """
     if layer is None:
         found = [(n, m) for n, m in model.named_modules() if isinstance(m, kind)]
+        if input_shape is not None and found:
+            called = [mod for mod, _, _ in trace_leaves(model, tuple(input_shape))]
+            names = {id(m): n for n, m in found}
+            found, seen = [], set()
+            for mod in called:
+                if id(mod) in names and id(mod) not in seen:
+                    seen.add(id(mod))
+                    found.append((names[id(mod)], mod))
         if not found:
             raise ValueError(f"the model has no {kind.__name__} layer to attack. {hint}".strip())
         return found[-1] if last else found[0]
@@ -36,6 +58,22 @@ def find_layer(model: nn.Module, layer: str | None, kind=nn.Linear, *, last: boo
     if not isinstance(module, kind):
         raise TypeError(f"layer {layer!r} is a {type(module).__name__}, not a {kind.__name__}. {hint}".strip())
     return layer, module
+
+
+def called_after(model: nn.Module, module: nn.Module, input_shape: tuple) -> list:
+    """The leaf modules the forward pass calls after ``module`` (call order, traced once)."""
+    order = [mod for mod, _, _ in trace_leaves(model, tuple(input_shape))]
+    if module not in order:
+        return []
+    return order[order.index(module) + 1:]
+
+
+def called_before(model: nn.Module, module: nn.Module, input_shape: tuple) -> list:
+    """The leaf modules the forward pass calls before ``module``, nearest first."""
+    order = [mod for mod, _, _ in trace_leaves(model, tuple(input_shape))]
+    if module not in order:
+        return []
+    return order[:order.index(module)][::-1]
 
 
 def layer_gradient(update: Update, name: str, param: torch.Tensor) -> torch.Tensor:
@@ -56,12 +94,13 @@ def layer_gradient(update: Update, name: str, param: torch.Tensor) -> torch.Tens
 
 
 def feeds_on_input(model: nn.Module, name: str, in_features: int, input_shape) -> bool:
-    """True when layer ``name`` sees the model's input (only parameter-free modules before it)."""
-    for n, m in model.named_modules():
-        if n == name:
-            break
-        if not any(True for _ in m.children()) and any(True for _ in m.parameters(recurse=False)):
-            return False
+    """True when layer ``name`` sees the model's input: no module with parameters is called
+    before it (call order, traced on a zero input) and its width is that of the input."""
+    module = model.get_submodule(name)
+    order = [mod for mod, _, _ in trace_leaves(model, tuple(input_shape))]
+    before = order[:order.index(module)] if module in order else []
+    if any(any(True for _ in m.parameters(recurse=False)) for m in before):
+        return False
     return math.prod(input_shape) == in_features
 
 
@@ -77,17 +116,23 @@ def trace_leaves(model: nn.Module, input_shape: tuple) -> list:
     order: list = []
     hooks = [m.register_forward_hook(lambda mod, i, o: order.append((mod, tuple(i[0].shape[1:]), tuple(o.shape[1:]))))
              for m in model.modules() if not any(True for _ in m.children())]
+    # eval mode for the trace: one zero sample must neither update BatchNorm's running
+    # statistics nor fail its "more than one value per channel" check; call order is the same
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
     try:
         param = next(model.parameters())
         with torch.no_grad():
             model(torch.zeros(1, *input_shape, dtype=param.dtype))
     except StopIteration:
         raise ValueError("the model has no parameters") from None
-    except RuntimeError as err:
+    except (RuntimeError, ValueError) as err:
         raise ValueError(f"the model does not accept inputs of shape {input_shape}: {err}") from None
     finally:
         for h in hooks:
             h.remove()
+        for m, mode in modes:
+            m.training = mode
     return order
 
 

@@ -10,6 +10,12 @@ least-squares problem ``min_x sum_m ||dl/dW[m, :] - dl/db_m x||^2``, whose solut
 
 For a batch of M samples averaged together (FedSGD), row ``m`` holds
 ``sum_i g_im x_i / sum_i g_im``: a mixture of the batch, different for every row.
+
+:func:`reconstruct` ends with the gradient-residual check
+(:func:`leakutils.attacks.residual.gradient_residual`): the reconstruction is marked
+determined only when the update it would produce reproduces the shared one. A batch
+mixture, an activation the layer's algebra does not see, or a layer whose bias is cancelled
+by what follows fails the check, and ``determined`` is then all False.
 """
 from __future__ import annotations
 
@@ -17,10 +23,23 @@ import time
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..core import Reconstruction, Update
-from ._common import check_model_update, check_rtol, feeds_on_input, find_layer, layer_gradient
+from ._common import called_after, check_model_update, check_rtol, feeds_on_input, find_layer, layer_gradient
 from .labels import recover_labels
+from .residual import _check_noise, gradient_residual
+
+#: The bias gradient must exceed this multiple of ``eps * max|dl/dW| `` (eps of the update's
+#: dtype) to be more than round-off; below it the division would amplify round-off only.
+BIAS_ROUNDOFF_FACTOR = 64.0
+#: The gradient-residual check certifies only when its overall tolerance is below this
+#: fraction of the update's norm: above it, noise hides a batch mixture (relative residuals
+#: of mixtures measured 0.1 to 1.2), so nothing is marked determined.
+MAX_RELATIVE_TOLERANCE = 0.1
+#: A second singular value of ``[dl/dW | dl/db]`` above this multiple of the noise floor
+#: ``noise * (sqrt(rows) + sqrt(cols)) + ROUNDOFF * eps * s_1`` shows a second sample.
+RANK_MARGIN = 2.0
 
 __all__ = ["reconstruct", "row_inputs", "layer_input_gradient"]
 
@@ -29,27 +48,45 @@ _HINT = "The bias ratio inverts a fully connected layer (nn.Linear); for conv la
 
 def _layer_gradients(model, update, layer):
     check_model_update(model, update)
-    name, lin = find_layer(model, layer, nn.Linear, hint=_HINT)
+    name, lin = find_layer(model, layer, nn.Linear, hint=_HINT, input_shape=update.input_shape)
     if lin.bias is None:
         raise ValueError(
             f"layer {name!r} has no bias, so there is no dl/db to divide by. Attack a layer with a "
             f"bias, or, for bias-free networks, use the ExAN attack (Chapter 4).")
+    _refuse_training_batchnorm(model, lin, name, update.input_shape)
     dW = layer_gradient(update, f"{name}.weight", lin.weight)
     db = layer_gradient(update, f"{name}.bias", lin.bias)
+    eps = torch.finfo(update.gradients[f"{name}.weight"].dtype).eps
+    if float(db.abs().max()) <= BIAS_ROUNDOFF_FACTOR * eps * float(dW.abs().max()):
+        raise ValueError(
+            f"the bias gradient of {name!r} is zero up to round-off (max |dl/db| "
+            f"{float(db.abs().max()):.2e} against max |dl/dW| {float(dW.abs().max()):.2e}): no row "
+            f"carries the input (every unit dead for this input, a loss of exactly zero, or a "
+            f"normalisation that cancels the bias). Try another layer or another model state.")
     return name, lin, dW, db
+
+
+def _refuse_training_batchnorm(model, lin, name, input_shape) -> None:
+    """BatchNorm in training mode right after the layer subtracts the batch mean: dl/db = 0."""
+    for mod in called_after(model, lin, input_shape):
+        if isinstance(mod, _BatchNorm) and mod.training:
+            raise ValueError(
+                f"a {type(mod).__name__} in training mode follows layer {name!r}: it subtracts the "
+                f"batch mean, which cancels the layer's bias (dl/db is round-off) and couples the "
+                f"samples, so the bias ratio does not apply. Attack a model whose BatchNorm layers "
+                f"were in eval mode when the update was computed, or another layer.")
+        if isinstance(mod, nn.Linear) or any(True for _ in mod.parameters(recurse=False)):
+            return
 
 
 def _rows(db: torch.Tensor, name: str, rtol: float) -> torch.Tensor:
     scale = float(db.abs().max())
-    if scale == 0.0:
-        raise ValueError(
-            f"the bias gradient of {name!r} is zero: no row carries the input (every unit dead for "
-            f"this input, or a loss of exactly zero). Try another layer or another model state.")
     return torch.nonzero(db.abs() > rtol * scale).flatten()
 
 
 def reconstruct(model: nn.Module, update: Update, layer: str | None = None, *, rtol: float = 1e-6,
-                allow_batch: bool = False, labels: bool = True, diagnose: bool = True) -> Reconstruction:
+                allow_batch: bool = False, labels: bool = True, diagnose: bool = True,
+                noise: float | None = None) -> Reconstruction:
     """Rebuild the input of a fully connected layer from its weight and bias gradients.
 
     Parameters
@@ -59,7 +96,8 @@ def reconstruct(model: nn.Module, update: Update, layer: str | None = None, *, r
     update : Update
         What the client shared (:func:`leakutils.capture.client_update`).
     layer : str, optional
-        Name of the ``nn.Linear`` layer to invert; default: the model's first one.
+        Name of the ``nn.Linear`` layer to invert; default: the first one the forward pass
+        calls.
     rtol : float
         Rows with ``|dl/db_m| <= rtol * max_m |dl/db_m|`` are left out (dead units give 0/0).
     allow_batch : bool
@@ -71,14 +109,23 @@ def reconstruct(model: nn.Module, update: Update, layer: str | None = None, *, r
     diagnose : bool
         Compute the numerical rank of ``[dl/dW | dl/db]`` (one SVD): 1 for one sample, up to M
         for a batch of M.
+    noise : float, optional
+        Per-entry standard deviation of noise added to the update (absolute, in gradient
+        units; e.g. a DP noise level the server knows), allowed for by the final gradient-
+        residual check. Default: none (a clean update; round-off only).
 
     Returns
     -------
     Reconstruction
         ``images`` float64 of shape ``(1, *update.input_shape)`` when the layer sees the model's
         input (only parameter-free modules such as ``Flatten`` before it), else ``(1, in_features)``;
-        ``labels`` as described; ``determined`` all True (every input value appears in every
-        used row). ``diagnostics``: ``layer``, ``rows_used`` (int64 indices), ``n_rows_used``,
+        ``labels`` as described; ``determined`` all True when the reconstruction passes the
+        gradient-residual check (every input value appears in every used row), all False
+        when it does not (a batch mixture, an activation or normalisation the algebra does not
+        see). ``diagnostics``: ``consistent`` (the check's verdict), ``gradient_residual``
+        (the :class:`~leakutils.attacks.residual.GradientResidual`; for a deeper layer it
+        covers the layers from the attacked one on), ``check_relative_residual``,
+        ``check_scale`` (1.0, or the factor of a clipped update), ``layer``, ``rows_used`` (int64 indices), ``n_rows_used``,
         ``n_rows``, ``residual`` (relative Frobenius residual of the used rows: ~1e-16 for one
         sample, large for a mixture), ``gradient_rank`` (if ``diagnose``), ``batch_size``,
         ``seconds`` (wall time), ``dtype`` ("float64"), ``label_method``, ``label_count``.
@@ -88,8 +135,10 @@ def reconstruct(model: nn.Module, update: Update, layer: str | None = None, *, r
     TypeError
         ``model``/``update`` of the wrong type; the named layer is not ``nn.Linear``.
     ValueError
-        A layer without bias; a zero bias gradient; gradients missing, of the wrong shape or
-        not finite; an update of a batch (M > 1) without ``allow_batch=True``; a bad ``rtol``.
+        A layer without bias; a bias gradient that is zero up to round-off (also: BatchNorm
+        in training mode right after the layer); gradients missing, of the wrong shape or
+        not finite; an update of a batch (M > 1) without ``allow_batch=True``; a bad ``rtol``
+        or ``noise``.
 
     References
     ----------
@@ -98,6 +147,7 @@ def reconstruct(model: nn.Module, update: Update, layer: str | None = None, *, r
     """
     t0 = time.perf_counter()
     rtol = check_rtol(rtol)
+    noise = _check_noise(noise)
     name, lin, dW, db = _layer_gradients(model, update, layer)
     if update.batch_size > 1 and not allow_batch:
         raise ValueError(
@@ -116,18 +166,52 @@ def reconstruct(model: nn.Module, update: Update, layer: str | None = None, *, r
     if diagnose:
         s = torch.linalg.svdvals(torch.cat([dW, db[:, None]], dim=1))
         diagnostics["gradient_rank"] = int((s > s[0] * 1e-9).sum()) if s[0] > 0 else 0
-    if feeds_on_input(model, name, lin.in_features, update.input_shape):
-        images = x.reshape(1, *update.input_shape)
-    else:
-        images = x.reshape(1, -1)
+    on_input = feeds_on_input(model, name, lin.in_features, update.input_shape)
+    images = x.reshape(1, *update.input_shape) if on_input else x.reshape(1, -1)
     rec_labels = None
     if labels:
         found = recover_labels(model, update)
         rec_labels = found.labels
-        diagnostics.update(label_method=found.method, label_count=found.count)
+        diagnostics.update(label_method=found.method, label_count=found.count,
+                           label_certain=found.certain)
+    try:
+        check = _check(model, update, images, rec_labels, None if on_input else name, noise)
+    except ValueError as err:
+        # the model cannot even run the reconstruction alone (e.g. BatchNorm in training
+        # mode further up): nothing is certified
+        check, diagnostics["check_error"] = None, str(err)
+    consistent = check is not None and check.consistent
+    if check is not None:
+        resolution = check.relative_tolerance
+        diagnostics["check_relative_tolerance"] = resolution
+        consistent = consistent and resolution <= MAX_RELATIVE_TOLERANCE
+    rank_one = _rank_one(dW, db, update, name, noise)
+    diagnostics["second_singular_value_ratio"] = rank_one
+    consistent = consistent and rank_one <= 1.0
+    diagnostics.update(consistent=consistent, gradient_residual=check,
+                       check_relative_residual=check.relative if check else float("nan"),
+                       check_scale=check.scale if check else float("nan"))
     diagnostics["seconds"] = time.perf_counter() - t0
-    return Reconstruction(images=images, labels=rec_labels, determined=torch.ones_like(images, dtype=torch.bool),
+    determined = torch.full_like(images, consistent, dtype=torch.bool)
+    return Reconstruction(images=images, labels=rec_labels, determined=determined,
                           diagnostics=diagnostics, attack="bias_ratio")
+
+
+def _rank_one(dW, db, update, name, noise) -> float:
+    """Second singular value of [dW | db] over RANK_MARGIN times its noise floor (<= 1: one sample)."""
+    A = torch.cat([dW, db[:, None]], dim=1)
+    s = torch.linalg.svdvals(A)
+    if s.numel() < 2 or s[0] == 0:
+        return 0.0
+    eps = torch.finfo(update.gradients[f"{name}.weight"].dtype).eps
+    floor = noise * (A.shape[0] ** 0.5 + A.shape[1] ** 0.5) + BIAS_ROUNDOFF_FACTOR * eps * float(s[0])
+    return float(s[1]) / (RANK_MARGIN * floor)
+
+
+def _check(model, update, images, rec_labels, layer, noise):
+    """The gradient-residual check with the recovered label, or every label when unknown."""
+    use = rec_labels if rec_labels is not None and rec_labels.numel() == 1 else None
+    return gradient_residual(model, update, images, use, noise=noise, layer=layer, fit_scale=True)
 
 
 def row_inputs(model: nn.Module, update: Update, layer: str | None = None, *,

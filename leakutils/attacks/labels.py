@@ -10,6 +10,12 @@ For a batch the averaged bias gradient is ``mean_i g^i``: a class absent from th
 positive entry, so every negative entry is a class of the batch. Their count is a lower
 bound on the number of distinct labels (a class can be masked when the model already
 predicts it with high probability for other samples).
+
+The row-sum rule of a bias-free output layer needs non-negative layer inputs. It is applied
+only when the module the forward pass calls just before the output layer (looking through
+sign-preserving modules such as ``Flatten``, ``Dropout`` or pooling) is one of
+:data:`NONNEGATIVE`; otherwise (tanh, LeakyReLU, a ``torch.relu`` written in ``forward`` that
+no module shows) no label is returned and the result says why.
 """
 from __future__ import annotations
 
@@ -19,9 +25,15 @@ import torch
 from torch import nn
 
 from ..core import Update
-from ._common import check_model_update, check_rtol, find_layer, layer_gradient
+from ._common import called_before, check_model_update, check_rtol, find_layer, layer_gradient
 
-__all__ = ["LabelRecovery", "recover_labels"]
+__all__ = ["LabelRecovery", "recover_labels", "NONNEGATIVE"]
+
+#: Activation modules whose outputs are never negative: after them the iDLG row-sum rule holds.
+NONNEGATIVE = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Softplus, nn.Hardsigmoid, nn.Softmax)
+#: Modules that keep the sign of every value (looked through when finding the activation).
+_SIGN_PRESERVING = (nn.Flatten, nn.Unflatten, nn.Dropout, nn.Identity, nn.MaxPool1d, nn.MaxPool2d,
+                    nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
 @dataclass
@@ -42,6 +54,14 @@ class LabelRecovery:
     consistent : bool
         For one sample: whether exactly one entry was negative, as softmax cross-entropy
         guarantees. False hints at another loss or at inputs to the layer that can be negative.
+    certain : bool
+        Whether the sign rule applies: always with an output bias; without one, only when the
+        layer's inputs are known to be non-negative. When False, ``labels`` is empty (no
+        label is claimed) and ``candidate`` holds what the rule would have said.
+    candidate : torch.Tensor
+        int64: the label(s) the sign rule gives, whether or not it applies.
+    note : str
+        Why the result is uncertain; empty when certain.
     """
 
     labels: torch.Tensor
@@ -49,6 +69,9 @@ class LabelRecovery:
     statistic: torch.Tensor
     method: str
     consistent: bool
+    certain: bool = True
+    candidate: torch.Tensor | None = None
+    note: str = ""
 
 
 def recover_labels(model: nn.Module, update: Update, layer: str | None = None, *,
@@ -69,6 +92,8 @@ def recover_labels(model: nn.Module, update: Update, layer: str | None = None, *
     Returns
     -------
     LabelRecovery
+        ``labels`` empty and ``certain`` False when the layer has no bias and its inputs may
+        be negative (the sign rule does not hold there).
 
     Raises
     ------
@@ -80,13 +105,15 @@ def recover_labels(model: nn.Module, update: Update, layer: str | None = None, *
     """
     check_model_update(model, update)
     rtol = check_rtol(rtol)
-    name, lin = find_layer(model, layer, nn.Linear, last=True)
+    name, lin = find_layer(model, layer, nn.Linear, last=True, input_shape=update.input_shape)
+    note = ""
     if lin.bias is not None and f"{name}.bias" in update.gradients:
         stat = layer_gradient(update, f"{name}.bias", lin.bias)
         method = "sign of the output bias gradient (iDLG)"
     else:
         stat = layer_gradient(update, f"{name}.weight", lin.weight).sum(dim=1)
         method = "sign of the output weight-gradient row sums (iDLG; assumes non-negative layer inputs)"
+        note = _nonnegative_inputs(model, lin, name, update.input_shape)
     scale = float(stat.abs().max())
     if scale == 0.0:
         raise ValueError(f"the gradient of the output layer {name!r} is zero, so it reveals no label "
@@ -101,5 +128,22 @@ def recover_labels(model: nn.Module, update: Update, layer: str | None = None, *
         labels = negative
         method = method.replace("(iDLG", "(negative entries, iDLG")
         consistent = count <= update.batch_size
+    candidate = labels.to(torch.int64)
+    if note:
+        labels = torch.empty(0, dtype=torch.int64)
+        consistent = False
     return LabelRecovery(labels=labels.to(torch.int64), count=count, statistic=stat, method=method,
-                         consistent=consistent)
+                         consistent=consistent, certain=not note, candidate=candidate, note=note)
+
+
+def _nonnegative_inputs(model: nn.Module, lin: nn.Module, name: str, input_shape) -> str:
+    """Empty when the output layer's inputs are known to be >= 0; else the reason they are not."""
+    for mod in called_before(model, lin, input_shape):
+        if isinstance(mod, NONNEGATIVE):
+            return ""
+        if not isinstance(mod, _SIGN_PRESERVING):
+            return (f"the output layer {name!r} has no bias and its inputs come from a "
+                    f"{type(mod).__name__}, which can be negative: the sign of the row sums does not "
+                    f"give the label (iDLG needs non-negative inputs), so no label is returned")
+    return (f"the output layer {name!r} has no bias and no non-negative activation module feeds it: "
+            f"the row-sum rule of iDLG needs non-negative inputs, so no label is returned")

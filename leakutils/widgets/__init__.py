@@ -1,0 +1,38 @@
+"""Live panels of the chapters, and the plain functions behind them.
+
+Each chapter has a module with the same three parts: a *demo* function that runs the
+chapter's experiment and returns a small record (a plain notebook cell calls it and asserts
+on it, so the logic is tested even though widget callbacks swallow exceptions), a *show*
+function that draws the record, and a *panel* function that wires both to ipywidgets
+controls through the shared factory :func:`leakutils.widgets.panel.build_panel`.
+``ipywidgets`` is imported only when a panel is built.
+
+========================  ===================================================================
+module                    demo, show, panel
+========================  ===================================================================
+``bias_ratio`` (Ch. 1)    :func:`bias_ratio_demo`, :func:`show_bias_ratio_demo`, :func:`bias_ratio_panel`
+``activations`` (Ch. 2)   :func:`propagation_demo`, :func:`show_propagation_demo`, :func:`propagation_panel`
+``conv`` (Ch. 3)          :func:`conv_demo`, :func:`show_conv_demo`, :func:`conv_panel`
+``exan`` (Ch. 4)          :func:`exan_demo`, :func:`show_exan_demo`, :func:`exan_panel`
+``inversion`` (Ch. 5)     :func:`inversion_demo`, :func:`show_inversion_demo`, :func:`inversion_panel`
+``extraction`` (Ch. 6)    :func:`extraction_demo`, :func:`show_extraction_demo`, :func:`extraction_panel`
+========================  ===================================================================
+
+Every name is re-exported here, so ``widgets.exan_demo(...)`` works without naming the module.
+"""
+from . import panel
+from .activations import PropagationDemo, propagation_demo, propagation_panel, show_propagation_demo
+from .bias_ratio import BiasRatioDemo, bias_ratio_demo, bias_ratio_panel, show_bias_ratio_demo
+from .conv import ConvDemo, conv_demo, conv_panel, show_conv_demo
+from .exan import ExanDemo, exan_demo, exan_panel, show_exan_demo
+from .extraction import ExtractionDemo, extraction_demo, extraction_panel, show_extraction_demo
+from .inversion import inversion_demo, inversion_panel, show_inversion_demo
+from .panel import DEMO_ACTIVATIONS, DEMO_DATASETS
+
+__all__ = ["DEMO_DATASETS", "DEMO_ACTIVATIONS",
+           "BiasRatioDemo", "bias_ratio_demo", "show_bias_ratio_demo", "bias_ratio_panel",
+           "PropagationDemo", "propagation_demo", "show_propagation_demo", "propagation_panel",
+           "ConvDemo", "conv_demo", "show_conv_demo", "conv_panel",
+           "ExanDemo", "exan_demo", "show_exan_demo", "exan_panel",
+           "inversion_demo", "show_inversion_demo", "inversion_panel",
+           "ExtractionDemo", "extraction_demo", "show_extraction_demo", "extraction_panel"]

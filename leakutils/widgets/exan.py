@@ -1,0 +1,154 @@
+"""Chapter 4's panel: a batch through a one-hidden-layer ReLU MLP, attacked by ExAN."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .. import metrics, plot
+from ..capture import client_update
+from ..core import Reconstruction
+from ..metrics import Scores
+from . import panel
+
+__all__ = ["ExanDemo", "exan_demo", "show_exan_demo", "exan_panel"]
+
+#: Hidden widths the Chapter 4 demo accepts.
+EXAN_WIDTHS = (16, panel.MAX_WIDTH)
+
+
+@dataclass
+class ExanDemo:
+    """One run of Chapter 4's panel: a batch through a one-hidden-layer ReLU network, attacked by ExAN.
+
+    Attributes
+    ----------
+    images, labels : torch.Tensor
+        The client's batch ``(M, C, H, W)`` float64 in [0, 1] and its labels ``(M,)``.
+    exans : torch.Tensor
+        int64 ``(M,)``: each sample's true number of ExANs in the hidden layer (what the
+        attacker cannot see).
+    reconstruction : Reconstruction
+        What :func:`leakutils.attacks.exan.reconstruct` returned.
+    scores : Scores or None
+        The recovered samples against the batch (Hungarian matching); None if none recovered.
+    exact : torch.Tensor
+        bool ``(M,)``: which samples of the batch came back with PSNR >= 100 dB.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    exans: torch.Tensor
+    reconstruction: Reconstruction
+    scores: Scores | None
+    exact: torch.Tensor
+
+    @property
+    def fraction_exact(self) -> float:
+        """Fraction of the batch rebuilt with PSNR >= 100 dB, in [0, 1]."""
+        return float(self.exact.double().mean())
+
+
+def exan_demo(batch_size: int = 8, width: int = 1024, *, dataset: str = "mnist", start: int = 0,
+              peel: bool = True, verify: bool = True, seed: int = 0) -> ExanDemo:
+    """Attack a batch of ``batch_size`` images through ``MLP(width ReLU)`` with the ExAN attack.
+
+    The attack is :func:`leakutils.attacks.exan.reconstruct` (Pan et al., USENIX Security
+    2022); the network has ``max(10, classes)`` logits, float64.
+
+    Parameters
+    ----------
+    batch_size : int
+        ``M``, 1..64.
+    width : int
+        Hidden units, 16..8192.
+    dataset : str
+        One of :data:`DEMO_DATASETS`.
+    start : int
+        Index of the batch's first image in the data set, ``0..len(data set) - batch_size``.
+    peel, verify : bool
+        Passed to :func:`leakutils.attacks.exan.reconstruct` (False, False: the paper's B.1-B.3).
+    seed : int
+        Seed of PyTorch's default initialisation of the network, 0..2**32 - 1.
+
+    Returns
+    -------
+    ExanDemo
+
+    Raises
+    ------
+    TypeError
+        A non-integer size, start or seed, a non-string data set, a non-bool ``peel`` or
+        ``verify``.
+    ValueError
+        Sizes out of range, an unknown data set, a batch that runs past the data set.
+    """
+    from ..attacks import exan
+
+    ds = panel.dataset(dataset)
+    start, batch_size = panel.check_batch("start", start, batch_size, ds, dataset)
+    width = panel.check_int("width", width, *EXAN_WIDTHS)
+    peel, verify = panel.check_bool("peel", peel), panel.check_bool("verify", verify)
+    seed = panel.check_int("seed", seed, 0, panel.MAX_SEED)
+    x, y = ds.images[start:start + batch_size], ds.labels[start:start + batch_size]
+    net = panel.relu_mlp(tuple(ds.shape), width, max(10, len(ds.classes)), seed)
+    update = client_update(net, x, y)
+    rec = exan.reconstruct(net, update, peel=peel, verify=verify)
+    exans = exan.count_exans(net, x)["act1"]["exans"]
+    scores, exact = _score_recovered(rec, x, y)
+    return ExanDemo(images=x, labels=y, exans=exans, reconstruction=rec, scores=scores, exact=exact)
+
+
+def _score_recovered(rec: Reconstruction, x: torch.Tensor, y: torch.Tensor) -> tuple:
+    """Scores of the samples ``rec`` marks recovered against the batch, and which came back exact."""
+    ok = rec.diagnostics["recovered"]
+    exact = torch.zeros(x.shape[0], dtype=torch.bool)
+    if not ok.any():
+        return None, exact
+    sub = Reconstruction(rec.images[ok], rec.labels[ok], rec.determined[ok], rec.diagnostics, rec.attack)
+    scores = metrics.compare(sub, x, y)
+    exact[torch.as_tensor(scores.true_idx)] = scores.psnr >= 100
+    return scores, exact
+
+
+def show_exan_demo(result: ExanDemo, max_images: int = 16):
+    """Plot an :class:`ExanDemo`: originals titled with their ExAN count, reconstructions below.
+
+    Shows the first ``max_images`` (>= 1) samples of the batch. Returns a
+    ``matplotlib.figure.Figure``; raises TypeError for anything but an ExanDemo.
+    """
+    panel.check_result(result, ExanDemo, "exan_demo")
+    n = min(panel.check_int("max_images", max_images, 1), result.images.shape[0])
+    ok = result.reconstruction.diagnostics["recovered"]
+    rec = result.reconstruction.images[ok]
+    titles = [f"{int(e)} ExAN{'s' if int(e) != 1 else ''}" for e in result.exans[:n]]
+    d = result.reconstruction.diagnostics
+    head = (f"batch of {result.images.shape[0]}: {int(result.exact.sum())} rebuilt exactly; "
+            f"batch size read as {d['batch_size']}")
+    if result.scores is None or rec.shape[0] == 0:
+        fig = plot.image_grid(result.images[:n], titles)
+        fig.suptitle(head + " (nothing recovered)", fontsize=plot.FONT)
+        return fig
+    keep = [k for k, t in enumerate(result.scores.true_idx) if t < n]
+    sub = metrics.Scores(mse=result.scores.mse[keep], psnr=result.scores.psnr[keep], ssim=result.scores.ssim[keep],
+                         rec_idx=result.scores.rec_idx[keep], true_idx=result.scores.true_idx[keep])
+    return plot.compare_grid(result.images[:n], rec, sub, labels=titles, size=1.1, suptitle=head)
+
+
+def exan_panel():
+    """A live panel: batch size and width sliders; see ExAN counts, what is recovered, the images.
+
+    Returns an ``ipywidgets.VBox`` that re-runs :func:`exan_demo` on every change.
+
+    Raises
+    ------
+    ImportError
+        When ``ipywidgets`` is not installed (``pip install ipywidgets``).
+    """
+    controls = {
+        "batch_size": panel.Slider(8, 1, 64, "batch size"),
+        "width": panel.Choice([64, 128, 256, 512, 1024, 2048, 4096], 1024, "width"),
+        "dataset": panel.Choice(panel.DEMO_DATASETS, "mnist", "data"),
+        "peel": panel.Toggle(True, "peeling"),
+    }
+    return panel.build_panel(exan_demo, show_exan_demo, controls, rows=(2, None))

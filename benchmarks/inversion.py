@@ -119,8 +119,9 @@ def main(argv=None) -> dict:
 
     truncation = {}
     for k in args.ks:
+        # the kept set travels with the truncated vectors (a kept logit can be below the zeros)
         tr_k, te_k = (train, test) if k == o_s.shape[1] else \
-            (parts(inv.top_k(o_s, k), k), parts(inv.top_k(o_t, k), k))
+            tuple(parts(t, k, kept) for t, kept in (inv.top_k(o, k, return_mask=True) for o in (o_s, o_t)))
         sc_k = inv.FeatureScaler(tr_k)
         res = {}
         for combo in ("O", "X"):

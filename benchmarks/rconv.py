@@ -5,11 +5,13 @@
    and Tanh after every conv (PyTorch's default initialisation, seed 0, float64; DLG's
    U(-0.5, 0.5) saturates the softmax of the ReLU networks in float64, so that many clients
    would send an exactly zero gradient):
-   how many images are fully determined by the equations, how many reach PSNR >= 100 dB,
+   how many images are fully determined (the equations fix every pixel and the rebuilt image
+   passes the whole-model gradient check), how many reach PSNR >= 100 dB,
    the median PSNR and the median seconds per image of ``attacks.conv.reconstruct``.
-2. On the first ``dlg_n`` images of each data set, DLG (L-BFGS, 300 steps as its code) and
-   R-CONV on the same gradients of DLG's own setting (sigmoid LeNet, weights U(-0.5, 0.5)):
-   median PSNR, median seconds and the speed ratio.
+2. On the first ``dlg_n`` images of each data set, DLG (L-BFGS, 300 steps as its code),
+   R-GAP (its stacked gradient, forward and padding rows, ``method="rgap"``) and R-CONV on the
+   same gradients of DLG's own setting (sigmoid LeNet, weights U(-0.5, 0.5)): median PSNR,
+   median seconds, how many images each marks determined, and the speed ratio.
 3. Time against image size (32, 64, 128 pixels; patches upsampled): LeNet with sigmoid
    (whose equations stop determining the image above 32 pixels) and a stride-1 network
    ``conv(3->3, k5, s1, p2) LeakyReLU conv(3->3, k5, s1, p2) Tanh fc`` that stays determined
@@ -97,12 +99,19 @@ def against_dlg(n: int, steps: int) -> dict:
             t0 = time.perf_counter()
             rc = conv.reconstruct(model, u, labels=False)
             t_rc = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            rg = conv.reconstruct(model, u, method="rgap", labels=False)
+            t_rg = time.perf_counter() - t0
             d = dlg.reconstruct(model, u, iterations=steps, seed=i)
-            rows.append((float(metrics.psnr(rc.images, x)[0]), t_rc, metrics.compare(d, x).mean_psnr,
-                         d.diagnostics["seconds"]))
-        p_rc, t_rc, p_dlg, t_dlg = (statistics.median(c) for c in zip(*rows))
+            rows.append((float(metrics.psnr(rc.images, x)[0]), t_rc, float(metrics.psnr(rg.images, x)[0]), t_rg,
+                         metrics.compare(d, x).mean_psnr, d.diagnostics["seconds"], bool(rc.determined.all()),
+                         bool(rg.determined.all())))
+        p_rc, t_rc, p_rg, t_rg, p_dlg, t_dlg = (statistics.median(c) for c in list(zip(*rows))[:6])
         out[name] = {"images": n, "model": "lenet/sigmoid, U(-0.5, 0.5)", "dlg_steps": steps,
                      "rconv_median_psnr_db": _num(p_rc), "rconv_median_seconds": t_rc,
+                     "rconv_determined": sum(r[6] for r in rows),
+                     "rgap_median_psnr_db": _num(p_rg), "rgap_median_seconds": t_rg,
+                     "rgap_determined": sum(r[7] for r in rows),
                      "dlg_median_psnr_db": _num(p_dlg), "dlg_median_seconds": t_dlg,
                      "speed_ratio": t_dlg / t_rc}
     return out
@@ -151,6 +160,7 @@ def main(argv=None) -> dict:
               f"median {r['median_psnr_db']} dB  {r['median_seconds']:.3f} s")
     for key, r in results["dlg"].items():
         print(f"DLG {key}: R-CONV {r['rconv_median_psnr_db']} dB in {r['rconv_median_seconds']:.3f} s; "
+              f"R-GAP {r['rgap_median_psnr_db']} dB in {r['rgap_median_seconds']:.3f} s; "
               f"DLG {r['dlg_median_psnr_db']} dB in {r['dlg_median_seconds']:.1f} s; ratio {r['speed_ratio']:.0f}x")
     for key, r in results["scaling"].items():
         print(f"{key:32s} {r['median_seconds']:.3f} s  {r['median_psnr_db']} dB  determined {r['determined']:.2f}")

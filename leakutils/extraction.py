@@ -14,6 +14,13 @@ layer ``A, c`` follows from a least-squares fit on further queries. Weights are
 identifiable only up to a permutation of the hidden units and a positive scale per unit
 (``ReLU(s z) = s ReLU(z)``): rows are returned with unit norm.
 
+The attack checks its own assumptions and refuses rather than guess: the oracle's outputs
+must be finite ``(B, K)`` arrays; the box must be piecewise linear along a line (second
+differences vanish between critical points; a smooth box such as a tanh layer or softmax
+probabilities is refused after a few hundred queries); it may bend at most ``N`` times on a
+line and along at most ``N`` distinct hyperplanes; the output layer must fit the recovered
+units on fresh queries. A query budget and a time budget bound the whole search.
+
 This is the one-hidden-layer case of the differential attack of Carlini, Jagielski and
 Mironov, "Cryptanalytic Extraction of Neural Network Models", CRYPTO 2020, in the spirit of
 the equation-solving attacks of Tramer et al., "Stealing Machine Learning Models via
@@ -21,8 +28,10 @@ Prediction APIs", USENIX Security 2016.
 """
 from __future__ import annotations
 
-import copy
+import math
+import time
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from typing import Callable
 
 import numpy as np
@@ -30,29 +39,16 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-__all__ = ["QueryCounter", "Extracted", "extract", "align", "agreement", "as_oracle"]
+from .blackbox import (DEFAULT_MAX_SECONDS, QUERY_BUDGET_BASE, QUERY_BUDGET_PER_WEIGHT, BudgetExceededError,
+                       ExtractionError, Guard, NotPiecewiseLinearError, QueryCounter, as_oracle, check_output)
+from .critical_points import LINEAR_RTOL, search_line
 
+__all__ = ["QueryCounter", "Extracted", "extract", "align", "agreement", "as_oracle", "ExtractionError",
+           "NotPiecewiseLinearError", "BudgetExceededError", "LINEAR_RTOL", "QUERY_BUDGET_PER_WEIGHT",
+           "QUERY_BUDGET_BASE", "DEFAULT_MAX_SECONDS", "FIT_RTOL"]
 
-class QueryCounter:
-    """Wrap a black box ``f: (B, D) float64 -> (B, K)`` and count the inputs it was asked about."""
-
-    def __init__(self, f: Callable[[np.ndarray], np.ndarray]):
-        self.f, self.queries = f, 0
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.atleast_2d(np.asarray(x, dtype=np.float64))
-        self.queries += x.shape[0]
-        return np.asarray(self.f(x), dtype=np.float64)
-
-
-def as_oracle(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
-    """A black box of a torch model: numpy float64 inputs ``(B, D)`` to logits ``(B, K)``, in float64."""
-    m = copy.deepcopy(model).double().eval()
-
-    def f(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return m(torch.from_numpy(np.ascontiguousarray(x))).numpy()
-    return f
+#: The output layer fits when the relative least-squares residual on the fit queries is below this.
+FIT_RTOL = 1e-6
 
 
 @dataclass
@@ -73,7 +69,9 @@ class Extracted:
         Inputs sent to the black box.
     diagnostics : dict
         ``lines`` used, ``critical_points`` found, ``units_found``, ``fit_residual`` (relative)
-        of the output layer's least squares, ``outputs`` (K), ``complete`` (residual <= 1e-6).
+        of the output layer's least squares, ``fit_rank`` and ``fit_condition`` of its matrix
+        (``units + 1`` columns), ``outputs`` (K), ``seconds``, ``complete`` (residual <=
+        :data:`FIT_RTOL` and full rank: every weight is determined by the queries).
     """
 
     W: np.ndarray
@@ -84,7 +82,16 @@ class Extracted:
     diagnostics: dict = field(default_factory=dict)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """The extracted network's logits for ``x`` ``(B, D)``."""
+        """The extracted network's logits ``(B, K)`` for ``x`` ``(B, D)``.
+
+        Raises
+        ------
+        ValueError
+            ``x`` without ``D`` features per row.
+        """
+        x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+        if x.ndim != 2 or x.shape[1] != self.W.shape[1]:
+            raise ValueError(f"inputs must have shape (B, {self.W.shape[1]}), got {x.shape}")
         return np.maximum(x @ self.W.T + self.b, 0.0) @ self.A.T + self.c
 
     def to_model(self, input_shape=None) -> nn.Module:
@@ -100,113 +107,61 @@ class Extracted:
         return mm.to_model(flat, mm.Sizes(D, N, K), input_shape)
 
 
-def _jacobian(f, x: np.ndarray, h: float) -> np.ndarray:
-    """Forward-difference Jacobian ``(K, D)``: exact on a linear piece wider than ``h``."""
-    D = x.shape[0]
-    pts = np.vstack([x, x + h * np.eye(D)])
-    y = f(pts)
-    return (y[1:] - y[0]).T / h
+def _positive_int(name: str, v, low: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, Integral) or v < low:
+        what = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ValueError(f"{name} must be {what}, got {v!r}")
+    return int(v)
 
 
-class _TooManyKinks(Exception):
-    pass
+def _positive_real(name: str, v) -> float:
+    if isinstance(v, bool) or not isinstance(v, Real) or not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+    return float(v)
 
 
-def _kinks(f, x0, d, t0, t1, tol, limit, found=None, depth=0, ends=None) -> list:
-    """Critical points of ``t -> f(x0 + t d)`` in ``[t0, t1]`` by recursive bisection.
+def _orient_and_fit(rows, biases, X, Y, input_dim):
+    """Orient the rows and fit the output layer on ``X, Y``; returns (W, b, A, c, residual, rank, cond).
 
-    A line crosses each hidden unit's hyperplane at most once, so more than ``limit`` points
-    raise :class:`_TooManyKinks` (rounded or noisy outputs bend everywhere).
+    The Jacobian's jump fixes ``a_i w_i^T`` but not which side of the hyperplane is active:
+    ``a ReLU(z)`` and ``a ReLU(-z) = a ReLU(z) - a z`` differ by a linear term. The linear
+    terms are fitted too; a unit whose orientation is wrong shows up as ``-a_i w_i^T`` in them.
     """
-    found = [] if found is None else found
-    if ends is None:
-        ends = f(np.vstack([x0 + t0 * d, x0 + t1 * d]))
-    y0, y1 = ends
-    tm = 0.5 * (t0 + t1)
-    ym = f((x0 + tm * d)[None])[0]
-    lin = 0.5 * (y0 + y1)
-    scale = max(1.0, float(np.abs(ym).max()))
-    if np.abs(ym - lin).max() <= 1e-12 * scale and depth > 3:
-        return found
-    if t1 - t0 <= tol:
-        found.append(tm)
-        if len(found) > limit:
-            raise _TooManyKinks
-        return found
-    _kinks(f, x0, d, t0, tm, tol, limit, found, depth + 1, (y0, ym))
-    return _kinks(f, x0, d, tm, t1, tol, limit, found, depth + 1, (ym, y1))
-
-
-def _refine(f, x0, d, t, delta):
-    """Place a critical point to rounding precision: intersect the two linear pieces beside it.
-
-    Bisection leaves ``t`` uncertain by its tolerance; the pieces ``y(t) = y_L + s_L (t - t_L)``
-    on the left and right are each exact from two queries, and their crossing is the kink.
-    """
-    ts = t + delta * np.array([-2.0, -1.0, 1.0, 2.0])
-    y = f(x0 + ts[:, None] * d)
-    sL, sR = (y[1] - y[0]) / delta, (y[3] - y[2]) / delta
-    ds = sL - sR
-    den = float(ds @ ds)
-    if den <= 1e-24 * max(1.0, float(sL @ sL)):
-        return t  # no measurable bend: keep the bisection's estimate
-    # y[1] + sL (tau - ts[1]) = y[2] + sR (tau - ts[2]), in least squares over the K outputs
-    rhs = (y[2] - sR * ts[2]) - (y[1] - sL * ts[1])
-    tau = float(ds @ rhs) / den
-    return tau if abs(tau - t) <= delta else t
-
-
-def _search_line(f, x0, d, span, hidden, delta, h, rows: list, biases: list) -> int:
-    """Find the critical points on ``x0 + t d`` and append each new unit's row and bias.
-
-    Returns the number of critical points on the line.
-    """
-    try:
-        ts = np.array(_kinks(f, x0, d, -span, span, 1e-9 * span, hidden))
-    except _TooManyKinks:
-        raise ValueError(
-            f"the black box bends at more than {hidden} points along one line, but a one-hidden-layer ReLU "
-            f"network of width {hidden} crosses each unit's hyperplane at most once: it is wider or deeper "
-            f"than assumed, or its outputs are rounded or noisy (this attack needs exact logits)") from None
-    gaps = np.diff(np.concatenate([[-np.inf], ts, [np.inf]]))
-    for k, t in enumerate(ts):
-        # stencils stay inside the two pieces beside this kink: a quarter of the gap to its neighbours
-        dk = min(delta, 0.25 * float(min(gaps[k], gaps[k + 1])))
-        if dk < 1e-6:
-            continue  # two kinks almost coincide on this line; other lines will cross these units
-        if rows:  # a known unit's hyperplane? Then no Jacobians are needed (they cost 2 (D + 1) queries)
-            Wk, bk = np.array(rows), np.array(biases)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                tk = -(Wk @ x0 + bk) / (Wk @ d)
-            if np.any(np.abs(tk - t) <= 1e-6 * span):
-                continue
-        t = _refine(f, x0, d, t, dk)
-        hk = min(h, 0.01 * dk)
-        M = _jacobian(f, x0 + (t + dk) * d, hk) - _jacobian(f, x0 + (t - dk) * d, hk)
-        _, sv, Vt = np.linalg.svd(M, full_matrices=False)
-        if sv[0] == 0 or (len(sv) > 1 and sv[1] > 1e-6 * sv[0]):
-            continue  # two units bend at once (or noise): skip this point
-        w = Vt[0]  # orientation (which side is active) is settled by the fit in extract
-        bias = -float(w @ (x0 + t * d))
-        if any(abs(abs(float(w @ r)) - 1.0) < 1e-6 and abs(bias - np.sign(float(w @ r)) * br) < 1e-6 * (1 + abs(br))
-               for r, br in zip(rows, biases)):
-            continue  # a unit seen before
-        rows.append(w)
-        biases.append(bias)
-    return len(ts)
+    W, b = np.array(rows).reshape(-1, input_dim), np.array(biases)
+    n_units, n_fit = W.shape[0], X.shape[0]
+    H = np.hstack([np.maximum(X @ W.T + b, 0.0), X, np.ones((n_fit, 1))])
+    sol, *_ = np.linalg.lstsq(H, Y, rcond=None)
+    A0, L = sol[:n_units].T, sol[n_units:n_units + input_dim].T  # (K, N), (K, D)
+    basis = np.stack([np.outer(A0[:, i], W[i]).ravel() for i in range(n_units)], 1)
+    gamma, _, rank, _ = np.linalg.lstsq(basis, L.ravel(), rcond=None)
+    flip = gamma < -0.5
+    if rank < n_units:  # fewer linear-term equations (K D) than units: the flips are a small binary problem
+        if n_units > 16:
+            raise ExtractionError(f"cannot orient {n_units} units from {basis.shape[0]} linear-term equations "
+                                  f"(K D < N)")
+        subsets = (np.arange(2 ** n_units)[:, None] >> np.arange(n_units)) & 1
+        resid_flip = np.linalg.norm(L.ravel()[None] + subsets @ basis.T, axis=1)
+        flip = subsets[int(np.argmin(resid_flip))].astype(bool)
+    W[flip], b[flip] = -W[flip], -b[flip]
+    H = np.hstack([np.maximum(X @ W.T + b, 0.0), np.ones((n_fit, 1))])
+    sol, _, rank, sv = np.linalg.lstsq(H, Y, rcond=None)
+    resid = float(np.linalg.norm(H @ sol - Y) / max(np.linalg.norm(Y), 1e-300))
+    cond = float(sv[0] / sv[-1]) if sv[-1] > 0 else float("inf")
+    return W, b, sol[:-1].T, sol[-1], resid, int(rank), cond
 
 
 def extract(oracle: Callable[[np.ndarray], np.ndarray], input_dim: int, hidden: int, *, lines: int = 4,
-            max_lines: int | None = None,
-            span: float | None = None, scale: float = 1.0, seed: int = 0, fit_queries: int | None = None,
-            delta: float = 1e-2, h: float = 1e-4, strict: bool = True) -> Extracted:
+            max_lines: int | None = None, span: float | None = None, scale: float = 1.0, seed: int = 0,
+            fit_queries: int | None = None, delta: float = 1e-2, h: float = 1e-4, strict: bool = True,
+            max_queries: int | None = None, max_seconds: float = DEFAULT_MAX_SECONDS) -> Extracted:
     """Recover ``W, b, A, c`` of ``f(x) = A ReLU(W x + b) + c`` from queries, in float64.
 
     Parameters
     ----------
     oracle : callable
         The black box: numpy ``(B, D)`` float64 to logits ``(B, K)``. Wrap it in a
-        :class:`QueryCounter` to count queries (done here if it is not one).
+        :class:`QueryCounter` to count queries (done here if it is not one). Every answer is
+        checked: a 2-D finite array with one row per input.
     input_dim : int
         D.
     hidden : int
@@ -221,9 +176,11 @@ def extract(oracle: Callable[[np.ndarray], np.ndarray], input_dim: int, hidden: 
         Default ``4 sqrt(D) scale``: a hyperplane ``w . x + b = 0`` is crossed at
         ``|t| ~ |w . x0| / |w . d| ~ sqrt(D) scale``.
     scale : float
+        > 0, in the input's units.
     seed : int
     fit_queries : int, optional
-        Random inputs for the output layer's least squares (default ``2 (hidden + D + 1)``).
+        Random inputs for the output layer's least squares (default ``2 (hidden + D + 1)``);
+        two more per unit are placed beside its hyperplane, so that every unit is active in the fit.
     delta, h : float
         Jacobians are taken ``delta`` to each side of a critical point along the line, by
         forward differences of step ``h`` (exact on a linear piece; larger steps lose fewer
@@ -233,90 +190,98 @@ def extract(oracle: Callable[[np.ndarray], np.ndarray], input_dim: int, hidden: 
         With False, a search that found too few units returns what it found (with
         ``diagnostics["complete"] = False`` and the fit residual) instead of raising; the
         Chapter 6 panel uses this to show a search with too few lines.
+    max_queries : int, optional
+        Query budget; default ``QUERY_BUDGET_PER_WEIGHT (N + 1) (D + 1) + QUERY_BUDGET_BASE``
+        (126,760 for 784-16-10, 428,200 for 784-64-10: about four times the 29,710 and 113,634 they took).
+    max_seconds : float
+        Time budget in seconds (default :data:`DEFAULT_MAX_SECONDS`).
 
     Returns
     -------
     Extracted
+        With ``diagnostics["complete"]`` True only when the output layer fits every fit query
+        (relative residual <= :data:`FIT_RTOL`) with a full-rank system.
 
     Raises
     ------
+    TypeError
+        ``oracle`` is not callable.
     ValueError
-        The black box does not behave like the assumed architecture: more critical points
-        on one line, or more distinct critical hyperplanes, than ``hidden`` units (also the
-        sign of rounded or noisy outputs), too few found to explain it, or an output
-        layer that the least squares cannot fit (relative residual above 1e-6). Also bad sizes.
+        Bad sizes or settings; the oracle fails on its first query (e.g. a wrong ``input_dim``).
+    ExtractionError (a ValueError)
+        The oracle's answers are not finite ``(B, K)`` arrays (NaN is named); the black box does
+        not behave like the assumed architecture: more critical points on one line, or more
+        distinct hyperplanes, than ``hidden`` units (also the sign of rounded or noisy
+        outputs), or (with ``strict``) an output layer that does not fit.
+    NotPiecewiseLinearError (an ExtractionError)
+        The box is smooth along a line (tanh units, softmax probabilities): not a ReLU network.
+    BudgetExceededError (an ExtractionError)
+        ``max_queries`` or ``max_seconds`` spent; the message says how many were used.
     """
-    if not isinstance(input_dim, int) or input_dim < 1 or not isinstance(hidden, int) or hidden < 1:
-        raise ValueError("input_dim and hidden must be positive integers")
+    if not callable(oracle):
+        raise TypeError(f"oracle must be a callable (B, D) -> (B, K), got {type(oracle).__name__}")
+    input_dim, hidden = _positive_int("input_dim", input_dim), _positive_int("hidden", hidden)
+    lines = _positive_int("lines", lines)
     max_lines = 4 * lines if max_lines is None else max_lines
-    if not isinstance(lines, int) or lines < 1 or not isinstance(max_lines, int) or max_lines < lines:
+    if isinstance(max_lines, bool) or not isinstance(max_lines, Integral) or max_lines < lines:
         raise ValueError(f"need integers 1 <= lines <= max_lines, got lines={lines!r}, max_lines={max_lines!r}")
-    f = oracle if isinstance(oracle, QueryCounter) else QueryCounter(oracle)
-    span = 4.0 * np.sqrt(input_dim) * scale if span is None else float(span)
+    scale, delta, h = _positive_real("scale", scale), _positive_real("delta", delta), _positive_real("h", h)
+    span = 4.0 * np.sqrt(input_dim) * scale if span is None else _positive_real("span", span)
+    n_fit = 2 * (hidden + input_dim + 1) if fit_queries is None else _positive_int("fit_queries", fit_queries)
+    if max_queries is None:
+        max_queries = QUERY_BUDGET_PER_WEIGHT * (hidden + 1) * (input_dim + 1) + QUERY_BUDGET_BASE
+    max_queries, max_seconds = _positive_int("max_queries", max_queries), _positive_real("max_seconds", max_seconds)
+    seed = _positive_int("seed", seed, low=0)
+    counter = oracle if isinstance(oracle, QueryCounter) else QueryCounter(oracle)
     rng = np.random.default_rng(seed)
-    K = f(np.zeros((1, input_dim))).shape[1]
-    rows, biases = [], []
+    rows, biases, points = [], [], []
+    used = 0
+    f = Guard(counter, input_dim, max_queries, max_seconds,
+              lambda: f"{len(rows)} of {hidden} units found on {used} lines")
+    t_start = time.perf_counter()
+    f(np.vstack([np.zeros(input_dim), np.full(input_dim, scale)]))  # checks the box on 2 inputs
+    K = f.K
     found = 0
-
-    def search_line():
-        x0 = rng.normal(0.0, scale, input_dim)
-        d = rng.normal(size=input_dim)
-        d /= np.linalg.norm(d)
-        return _search_line(f, x0, d, span, hidden, delta, h, rows, biases)
-
-    def fit():
-        """Orient the rows and fit the output layer; returns (W, b, A, c, relative residual)."""
-        W, b = np.array(rows).reshape(-1, input_dim), np.array(biases)
-        n_units = W.shape[0]
-        # The jump of the Jacobian fixes a_i w_i^T but not which side of the hyperplane is active:
-        # a ReLU(z) and a ReLU(-z) = a ReLU(z) - a z differ by a linear term. Fit the linear terms
-        # too; a unit whose orientation is wrong shows up as -a_i w_i^T in them.
-        H = np.hstack([np.maximum(X @ W.T + b, 0.0), X, np.ones((n_fit, 1))])
-        sol, *_ = np.linalg.lstsq(H, Y, rcond=None)
-        A0, L = sol[:n_units].T, sol[n_units:n_units + input_dim].T  # (K, N), (K, D)
-        basis = np.stack([np.outer(A0[:, i], W[i]).ravel() for i in range(n_units)], 1)
-        gamma, _, rank, _ = np.linalg.lstsq(basis, L.ravel(), rcond=None)
-        flip = gamma < -0.5
-        if rank < n_units:  # fewer linear-term equations (K D) than units: the flips are a small binary problem
-            if n_units > 16:
-                raise ValueError(f"cannot orient {n_units} units from {basis.shape[0]} linear-term equations (K D < N)")
-            subsets = (np.arange(2 ** n_units)[:, None] >> np.arange(n_units)) & 1
-            resid_flip = np.linalg.norm(L.ravel()[None] + subsets @ basis.T, axis=1)
-            flip = subsets[int(np.argmin(resid_flip))].astype(bool)
-        W[flip], b[flip] = -W[flip], -b[flip]
-        H = np.hstack([np.maximum(X @ W.T + b, 0.0), np.ones((n_fit, 1))])
-        sol, *_ = np.linalg.lstsq(H, Y, rcond=None)
-        resid = float(np.linalg.norm(H @ sol - Y) / max(np.linalg.norm(Y), 1e-300))
-        return W, b, sol[:-1].T, sol[-1], resid
-
-    n_fit = fit_queries or 2 * (hidden + input_dim + 1)
-    X, Y = None, None
-    used, resid = 0, np.inf
+    Xr = Yr = None
+    XN, YN = np.zeros((0, input_dim)), np.zeros((0, K))
+    resid, rank, cond = np.inf, 0, np.inf
     while True:
         while used < lines:
-            found += search_line()
+            x0 = rng.normal(0.0, scale, input_dim)
+            d = rng.normal(size=input_dim)
+            d /= np.linalg.norm(d)
+            found += search_line(f, x0, d, span, hidden, delta, h, rows, biases, points)
             used += 1
         if len(rows) > hidden:
-            raise ValueError(f"the black box bends along {len(rows)} distinct hyperplanes, more than the {hidden} "
-                             f"hidden units assumed: it is not a one-hidden-layer ReLU network of width {hidden}")
+            raise ExtractionError(
+                f"the black box bends along {len(rows)} distinct hyperplanes, more than the {hidden} hidden units "
+                f"assumed: it is not a one-hidden-layer ReLU network of width {hidden}")
         if rows:
-            if X is None:
-                X = rng.normal(0.0, scale, (n_fit, input_dim))
-                Y = f(X)
-            W, b, A, c, resid = fit()
-        if resid <= 1e-6 or used >= max_lines:
+            if Xr is None:
+                Xr = rng.normal(0.0, scale, (n_fit, input_dim))
+                Yr = f(Xr)
+            if XN.shape[0] < 2 * len(rows):  # two queries beside each new unit's hyperplane
+                P, Wn = np.array(points[XN.shape[0] // 2:]), np.array(rows[XN.shape[0] // 2:])
+                Xn = np.vstack([P + delta * Wn, P - delta * Wn])
+                XN, YN = np.vstack([XN, Xn]), np.vstack([YN, f(Xn)])
+            X, Y = np.vstack([Xr, XN]), np.vstack([Yr, YN])
+            W, b, A, c, resid, rank, cond = _orient_and_fit(rows, biases, X, Y, input_dim)
+        if (resid <= FIT_RTOL and rank == len(rows) + 1) or used >= max_lines:
             break
         lines = used + 1  # a unit may have been missed: search one more line
     if not rows:
-        raise ValueError("no critical point found: the black box is linear along every line searched. Increase "
-                         "span or scale, or it has no active ReLU units")
-    if resid > 1e-6 and strict:
-        raise ValueError(f"the output layer does not fit the recovered hidden units (relative residual {resid:.1e}): "
-                         f"found {len(rows)} of {hidden} units in {used} lines. Search more lines (max_lines), or "
-                         f"the black box is not a one-hidden-layer ReLU network of width {hidden}")
-    return Extracted(W=W, b=b, A=A, c=c, queries=f.queries,
+        raise ExtractionError("no critical point found: the black box is linear along every line searched. "
+                              "Increase span or scale, or it has no active ReLU units")
+    complete = bool(resid <= FIT_RTOL and rank == len(rows) + 1)
+    if not complete and strict:
+        raise ExtractionError(
+            f"the output layer does not fit the recovered hidden units (relative residual {resid:.1e}, rank {rank} "
+            f"of {len(rows) + 1}): found {len(rows)} of {hidden} units in {used} lines. Search more lines "
+            f"(max_lines), or the black box is not a one-hidden-layer ReLU network of width {hidden}")
+    return Extracted(W=W, b=b, A=A, c=c, queries=counter.queries,
                      diagnostics={"lines": used, "critical_points": found, "units_found": len(rows),
-                                  "fit_residual": resid, "outputs": K, "complete": resid <= 1e-6})
+                                  "fit_residual": resid, "fit_rank": rank, "fit_condition": cond, "outputs": K,
+                                  "seconds": time.perf_counter() - t_start, "complete": complete})
 
 
 def align(W_true: np.ndarray, b_true: np.ndarray, A_true: np.ndarray, ex: Extracted) -> dict:
@@ -345,7 +310,11 @@ def align(W_true: np.ndarray, b_true: np.ndarray, A_true: np.ndarray, ex: Extrac
         Shapes that do not fit together, or a true row of (near) zero norm: such a unit never
         bends the function, so it cannot be extracted, and its direction is undefined.
     """
+    if not isinstance(ex, Extracted):
+        raise TypeError(f"ex must be an Extracted (the result of extract), got {type(ex).__name__}")
     W_true, b_true, A_true = (np.asarray(a, dtype=np.float64) for a in (W_true, b_true, A_true))
+    if not all(np.isfinite(a).all() for a in (W_true, b_true, A_true)):
+        raise ValueError("the true weights contain NaN or infinite values")
     if W_true.ndim != 2 or W_true.shape[1] != ex.W.shape[1] or b_true.shape != (W_true.shape[0],) \
             or A_true.shape != (ex.A.shape[0], W_true.shape[0]) or ex.W.shape[0] > W_true.shape[0]:
         raise ValueError(f"true weights W {W_true.shape}, b {b_true.shape}, A {A_true.shape} do not fit the "
@@ -369,14 +338,28 @@ def agreement(ex: Extracted, oracle: Callable[[np.ndarray], np.ndarray], X: np.n
     The queries made here are not counted against the attack (``X`` is held-out data used
     only to judge it).
 
+    Raises
+    ------
+    TypeError
+        ``ex`` is not an :class:`Extracted` or ``oracle`` is not callable.
+    ValueError
+        ``X`` not of shape ``(B, D)`` with B >= 1, or not finite.
+
     Returns
     -------
     dict
         ``agreement``: fraction of inputs with the same top-1 class, in [0, 1];
         ``max_logit_error``: the largest absolute logit difference; ``n``: B.
     """
+    if not isinstance(ex, Extracted):
+        raise TypeError(f"ex must be an Extracted (the result of extract), got {type(ex).__name__}")
+    if not callable(oracle):
+        raise TypeError(f"oracle must be a callable (B, D) -> (B, K), got {type(oracle).__name__}")
     X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+    if X.ndim != 2 or X.shape[0] < 1 or X.shape[1] != ex.W.shape[1] or not np.isfinite(X).all():
+        raise ValueError(f"X must be a finite array (B, {ex.W.shape[1]}) with B >= 1, got shape {X.shape}")
     f = oracle.f if isinstance(oracle, QueryCounter) else oracle
-    y, y_hat = f(X), ex(X)
+    y = check_output(np.asarray(f(X), dtype=np.float64), X.shape[0], ex.A.shape[0])
+    y_hat = ex(X)
     return {"agreement": float((y.argmax(1) == y_hat.argmax(1)).mean()),
             "max_logit_error": float(np.abs(y - y_hat).max()), "n": int(X.shape[0])}

@@ -23,23 +23,21 @@ rounding as a countermeasure).
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .inversion_models import (PAPER_CHANNELS, PAPER_WIDTHS, Classifier, InverseTCNN, check_images, check_labels,
+                               check_training)
+from .inversion_features import class_averages, gradient_reconstruction, last_layer_activations, total_variation
+from .output_defences import check_vectors, kept_entries, kept_mask, round_outputs, top_k
+
 __all__ = ["Classifier", "InverseTCNN", "PAPER_CHANNELS", "PAPER_WIDTHS", "COMBINATIONS", "SEED_RESULTS",
            "train_classifier", "accuracy", "outputs", "train_inverse", "invert", "class_averages",
-           "gradient_reconstruction", "last_layer_activations", "round_outputs", "top_k", "disjoint_splits",
-           "features", "FeatureScaler", "total_variation", "identity_score", "Lab"]
+           "gradient_reconstruction", "last_layer_activations", "round_outputs", "top_k", "kept_entries",
+           "disjoint_splits", "features", "FeatureScaler", "total_variation", "identity_score", "Lab"]
 
-#: Channel widths of the seed's classifier (the paper-scale setting).
-PAPER_CHANNELS = (128, 256, 512)
-#: Widths of the seed's inverse TCNN (the paper-scale setting).
-PAPER_WIDTHS = (512, 256, 128)
 #: Input combinations of the TCNN: O (output vector), A (A^L), X (X~) and their sums.
 COMBINATIONS = ("O", "A", "X", "O+A", "O+X", "A+X", "O+A+X")
 #: The seed's results on its test set D_F: SSIM and MSE (std over 5 retrainings where given).
@@ -56,118 +54,18 @@ SEED_RESULTS = {
 }
 
 
-def _check_images(x: torch.Tensor, name: str = "images") -> torch.Tensor:
-    if not isinstance(x, torch.Tensor) or x.ndim != 4:
-        raise ValueError(f"{name} must be a tensor of shape (B, C, H, W)")
-    if not torch.isfinite(x).all() or float(x.min()) < 0.0 or float(x.max()) > 1.0:
-        raise ValueError(f"{name} must lie in [0, 1] (got {float(x.min()):.3g}..{float(x.max()):.3g}); "
-                         f"scale them first, e.g. leakutils.data.load returns [0, 1]")
-    return x
+def _check_module(m, name: str) -> None:
+    if not isinstance(m, nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module, got {type(m).__name__}")
 
 
-def _check_training(n_inputs: int, n_targets: int, epochs: int, batch_size: int, lr: float, what: str) -> None:
-    """Shared checks of the training loops: matching lengths and positive settings."""
-    if n_inputs != n_targets:
-        raise ValueError(f"{what} must have the same length")
-    if epochs < 1 or batch_size < 1 or lr <= 0:
-        raise ValueError("epochs, batch_size and lr must be positive")
-
-
-class Classifier(nn.Module):
-    """The seed's target/shadow classifier: three conv blocks, a 50-unit linear layer, 10 logits.
-
-    Each block is ``Conv2d(k3, s1, p1) -> BatchNorm2d -> MaxPool2d(2) -> ReLU``; then
-    ``Flatten -> Linear(hidden) -> Dropout -> Linear(num_classes)``.
-
-    Parameters
-    ----------
-    channels : (int, int, int)
-        Filters of the three blocks: :data:`PAPER_CHANNELS` (128, 256, 512) in the seed; the
-        default (16, 32, 64) trains on 2 CPU cores in seconds.
-    hidden : int
-        Units of the last hidden linear layer ``fc`` (its output is ``A^L``), 50 in the seed.
-    num_classes : int
-    in_channels : int
-    image_size : int
-        Side of the square input, divisible by 8 (32 in the seed: MNIST resized).
-    dropout : float
-        Dropout after ``fc``, in [0, 1).
-
-    Raises
-    ------
-    ValueError
-        Non-positive sizes, an image size not divisible by 8, a dropout outside [0, 1).
-    """
-
-    def __init__(self, channels: Sequence[int] = (16, 32, 64), hidden: int = 50, num_classes: int = 10,
-                 in_channels: int = 1, image_size: int = 32, dropout: float = 0.5):
-        super().__init__()
-        channels = tuple(int(c) for c in channels)
-        if len(channels) != 3 or min(channels) < 1 or hidden < 1 or num_classes < 2 or in_channels < 1:
-            raise ValueError("channels must be three positive widths; hidden, num_classes and in_channels positive")
-        if image_size < 8 or image_size % 8:
-            raise ValueError(f"image_size must be a positive multiple of 8 (three 2x2 poolings), got {image_size}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
-        blocks, c = [], in_channels
-        for i, f in enumerate(channels, start=1):
-            blocks.append((f"block{i}", nn.Sequential(OrderedDict(
-                conv=nn.Conv2d(c, f, 3, 1, 1), bn=nn.BatchNorm2d(f), pool=nn.MaxPool2d(2), act=nn.ReLU()))))
-            c = f
-        self.features = nn.Sequential(OrderedDict(blocks))
-        self.flatten = nn.Flatten()
-        self.fc = nn.Linear(c * (image_size // 8) ** 2, hidden)
-        self.drop = nn.Dropout(dropout)
-        self.out = nn.Linear(hidden, num_classes)
-        self.input_shape = (in_channels, image_size, image_size)
-
-    def last_linear(self, x: torch.Tensor) -> torch.Tensor:
-        """``A^L``: the output of ``fc`` (before dropout), shape ``(B, hidden)``."""
-        return self.fc(self.flatten(self.features(x)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return self.out(self.drop(self.last_linear(x)))
-
-
-class InverseTCNN(nn.Module):
-    """The seed's inverse model: a feature vector of any length F to a 32x32 image.
-
-    ``(B, F) -> (B, F, 1, 1) -> ConvT(F->w0, k4, s1, p0) 4x4 -> BN -> Tanh -> Dropout(0.3)
-    -> ConvT(w0->w1, k4, s2, p1) 8x8 -> BN -> Tanh -> Dropout(0.5) -> ConvT(w1->w2) 16x16 ->
-    BN -> Tanh -> Dropout(0.5) -> ConvT(w2->C, k4, s2, p1) 32x32 -> Sigmoid``: images in [0, 1].
-
-    Parameters
-    ----------
-    in_features : int
-        F: 10 for O, 50 for A^L, 1024 for X~ (32x32), or their sums.
-    widths : (int, int, int)
-        :data:`PAPER_WIDTHS` (512, 256, 128) in the seed; default (64, 32, 16).
-    out_channels : int
-
-    Raises
-    ------
-    ValueError
-        Non-positive sizes; in ``forward``, a feature length other than ``in_features``.
-    """
-
-    def __init__(self, in_features: int, widths: Sequence[int] = (64, 32, 16), out_channels: int = 1):
-        super().__init__()
-        widths = tuple(int(w) for w in widths)
-        if not isinstance(in_features, int) or in_features < 1 or len(widths) != 3 or min(widths) < 1:
-            raise ValueError("in_features must be a positive integer and widths three positive integers")
-        w0, w1, w2 = widths
-        self.in_features = in_features
-        self.net = nn.Sequential(
-            nn.ConvTranspose2d(in_features, w0, 4, 1, 0), nn.BatchNorm2d(w0), nn.Tanh(), nn.Dropout(0.3),
-            nn.ConvTranspose2d(w0, w1, 4, 2, 1), nn.BatchNorm2d(w1), nn.Tanh(), nn.Dropout(0.5),
-            nn.ConvTranspose2d(w1, w2, 4, 2, 1), nn.BatchNorm2d(w2), nn.Tanh(), nn.Dropout(0.5),
-            nn.ConvTranspose2d(w2, out_channels, 4, 2, 1), nn.Sigmoid())
-
-    def forward(self, f: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        if f.ndim != 2 or f.shape[1] != self.in_features:
-            raise ValueError(f"this inverse model takes features of shape (B, {self.in_features}), got "
-                             f"{tuple(f.shape)}; build one with InverseTCNN({f.shape[-1]}) for these")
-        return self.net(f[:, :, None, None])
+def _check_features(f, name: str = "feats") -> torch.Tensor:
+    if not isinstance(f, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor (N, F), got {type(f).__name__}")
+    if f.ndim != 2 or not f.is_floating_point() or not bool(torch.isfinite(f).all()):
+        raise ValueError(f"{name} must be a finite float tensor (N, F), got {f.dtype} {tuple(f.shape)}"
+                         f"{'' if f.ndim != 2 or not f.is_floating_point() else ' with NaN or infinite entries'}")
+    return f
 
 
 def _batches(n: int, batch_size: int, gen: torch.Generator):
@@ -199,11 +97,18 @@ def train_classifier(model: Classifier, images: torch.Tensor, labels: torch.Tens
 
     Raises
     ------
+    TypeError
+        ``model`` not a :class:`Classifier`; labels that are not integers (e.g. float).
     ValueError
-        Images outside [0, 1], mismatched lengths, non-positive sizes.
+        Images outside [0, 1] or of the wrong size, labels outside ``[0, num_classes)`` or of
+        another length, non-positive sizes.
     """
-    _check_images(images)
-    _check_training(images.shape[0], labels.shape[0], epochs, batch_size, lr, "images and labels")
+    if not isinstance(model, Classifier):
+        raise TypeError(f"model must be a leakutils.inversion.Classifier, got {type(model).__name__}")
+    check_images(images)
+    model._check_input(images)
+    check_labels(labels, images.shape[0], model.out.out_features)
+    check_training(images.shape[0], labels.shape[0], epochs, batch_size, lr, "images and labels")
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     history = {"loss": [], "accuracy": []}
@@ -226,161 +131,35 @@ def train_classifier(model: Classifier, images: torch.Tensor, labels: torch.Tens
 
 @torch.no_grad()
 def outputs(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """The model's output vectors (logits) in eval mode, ``(N, K)`` float32."""
+    """The model's output vectors (logits) in eval mode, ``(N, K)`` float32.
+
+    Raises
+    ------
+    TypeError
+        ``model`` not a ``torch.nn.Module``; ``images`` not a tensor.
+    ValueError
+        ``images`` not ``(N, C, H, W)`` in [0, 1]; ``batch_size`` not a positive integer.
+    """
+    _check_module(model, "model")
+    check_images(images)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     model.eval()
     return torch.cat([model(images[i:i + batch_size]) for i in range(0, images.shape[0], batch_size)])
 
 
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """Fraction of ``images`` classified as ``labels``, in [0, 1]."""
-    return float((outputs(model, images).argmax(1) == labels).double().mean())
-
-
-def round_outputs(o: torch.Tensor, decimals: int) -> torch.Tensor:
-    """Defence: round every entry of the output vectors to ``decimals`` decimals (>= 0)."""
-    if not isinstance(decimals, int) or decimals < 0:
-        raise ValueError(f"decimals must be a non-negative integer, got {decimals!r}")
-    return torch.round(o, decimals=decimals)
-
-
-def top_k(o: torch.Tensor, k: int) -> torch.Tensor:
-    """Defence: keep the ``k`` largest entries of each output vector, set the others to 0.
+    """Fraction of ``images`` ``(N, C, H, W)`` classified as ``labels`` ``(N,)``, in [0, 1].
 
     Raises
     ------
-    ValueError
-        ``k`` outside ``1..K`` for vectors of length ``K``.
+    TypeError, ValueError
+        As :func:`outputs`; labels that are not integers, not one per image, or outside the
+        model's classes.
     """
-    K = o.shape[-1]
-    if not isinstance(k, int) or not 1 <= k <= K:
-        raise ValueError(f"k must be an integer in 1..{K} for output vectors of length {K}, got {k!r}")
-    keep = torch.zeros_like(o, dtype=torch.bool).scatter_(-1, o.topk(k, dim=-1).indices, True)
-    return torch.where(keep, o, torch.zeros_like(o))
-
-
-def _kept(o: torch.Tensor, k: int | None) -> torch.Tensor:
-    """Mask of the entries the attacker sees: all, or the top k (known k, as in the seed)."""
-    if k is None:
-        return torch.ones_like(o, dtype=torch.bool)
-    return torch.zeros_like(o, dtype=torch.bool).scatter_(-1, o.topk(k, dim=-1).indices, True)
-
-
-def class_averages(images: torch.Tensor, labels: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
-    """Mean image per class, ``(num_classes, C, H, W)``; a class without images gets the overall mean.
-
-    Raises
-    ------
-    ValueError
-        Images outside [0, 1] or lengths that differ.
-    """
-    _check_images(images)
-    if labels.shape[0] != images.shape[0]:
-        raise ValueError("images and labels must have the same length")
-    overall = images.mean(0)
-    return torch.stack([images[labels == c].mean(0) if bool((labels == c).any()) else overall
-                        for c in range(num_classes)])
-
-
-def total_variation(x: torch.Tensor) -> torch.Tensor:
-    """Anisotropic total variation per image, ``(B,)``: sum of absolute neighbour differences."""
-    return (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).sum(1) + \
-        (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).sum(1)
-
-
-def gradient_reconstruction(shadow: nn.Module, o: torch.Tensor, init: torch.Tensor, *, steps: int = 400,
-                            lr: float = 0.01, l2: float = 4.43e-5, tv: float = 9.49e-3, clip: float = 1.0,
-                            k: int | None = None, batch_size: int = 500, progress: bool = False) -> torch.Tensor:
-    """``X~``: images optimised through the shadow so that its logits match the observed ``o``.
-
-    Minimises ``mean (shadow(x) - o)^2 + l2 ||x||^2 + tv TV(x)`` over ``x`` with Adam,
-    clipping the gradient norm to ``clip`` and clamping ``x`` to [0, 1] after each step,
-    from ``init`` (the seed: the class average of the predicted class). Every image is
-    optimised independently (the shadow is in eval mode; the batch is only for speed).
-
-    Parameters
-    ----------
-    shadow : nn.Module
-    o : torch.Tensor
-        Observed output vectors ``(N, K)``.
-    init : torch.Tensor
-        Starting images ``(N, C, H, W)`` in [0, 1].
-    steps, lr, l2, tv, clip
-        The seed's values by default (400 steps, 0.01, 4.43e-5, 9.49e-3, 1).
-    k : int, optional
-        When the outputs were truncated to their top ``k`` (:func:`top_k`), match only those.
-    batch_size : int
-    progress : bool
-
-    Returns
-    -------
-    torch.Tensor
-        ``(N, C, H, W)`` in [0, 1], detached.
-
-    Raises
-    ------
-    ValueError
-        ``init`` outside [0, 1] or of another length than ``o``; non-positive settings.
-    """
-    _check_images(init, "init")
-    if init.shape[0] != o.shape[0]:
-        raise ValueError("init and o must have the same length")
-    if steps < 1 or lr <= 0 or clip <= 0 or l2 < 0 or tv < 0:
-        raise ValueError("steps, lr and clip must be positive; l2 and tv non-negative")
-    shadow.eval()
-    for p in shadow.parameters():
-        p.requires_grad_(False)
-    mask = _kept(o, k).to(o.dtype)
-    out = []
-    try:
-        for i in tqdm(range(0, o.shape[0], batch_size), desc="X~", disable=not progress, leave=False):
-            target, m = o[i:i + batch_size], mask[i:i + batch_size]
-            x = init[i:i + batch_size].clone().requires_grad_(True)
-            opt = torch.optim.Adam([x], lr=lr)
-            for _ in range(steps):
-                opt.zero_grad()
-                fit = ((shadow(x) - target).pow(2) * m).sum(1) / m.sum(1)
-                loss = (fit + l2 * x.pow(2).flatten(1).sum(1) + tv * total_variation(x)).sum()
-                loss.backward()
-                # clip each image's gradient norm, so that images stay independent
-                g = x.grad.flatten(1)
-                scale = (clip / g.norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
-                x.grad.mul_(scale[:, None, None, None])
-                opt.step()
-                with torch.no_grad():
-                    x.clamp_(0.0, 1.0)
-            out.append(x.detach())
-    finally:
-        for p in shadow.parameters():
-            p.requires_grad_(True)
-    return torch.cat(out)
-
-
-def last_layer_activations(shadow: Classifier, o: torch.Tensor, *, k: int | None = None) -> torch.Tensor:
-    """``A^L``: the minimum-norm vector that the shadow's output layer maps to ``o``.
-
-    ``out(a) = W a + b = o`` has ``K`` equations for ``hidden`` unknowns (10 for 50 in the
-    seed), so it is solved by least squares with the smallest norm: where gradient descent
-    from zero, as in the seed, converges. With top-k truncation only the kept equations count.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(N, hidden)``, float32.
-
-    Raises
-    ------
-    TypeError
-        A model without an ``out`` linear layer.
-    """
-    if not isinstance(getattr(shadow, "out", None), nn.Linear):
-        raise TypeError("the shadow must have an output layer `out` (nn.Linear), as leakutils.inversion.Classifier")
-    W = shadow.out.weight.detach().double()
-    b = shadow.out.bias.detach().double() if shadow.out.bias is not None else torch.zeros(W.shape[0], dtype=W.dtype)
-    mask = _kept(o, k)
-    rows = []
-    for oi, mi in zip(o.double(), mask):
-        rows.append(torch.linalg.pinv(W[mi]) @ (oi[mi] - b[mi]))
-    return torch.stack(rows).float()
+    o = outputs(model, images)
+    check_labels(labels, images.shape[0], o.shape[1])
+    return float((o.argmax(1) == labels).double().mean())
 
 
 class FeatureScaler:
@@ -399,6 +178,13 @@ class FeatureScaler:
     """
 
     def __init__(self, parts: dict):
+        if not isinstance(parts, dict) or not any(n in parts for n in ("O", "A")):
+            raise TypeError("parts must be a dict holding 'O' and/or 'A' feature tensors (N, F)")
+        for name in ("O", "A"):
+            if name in parts:
+                _check_features(parts[name], f"parts[{name!r}]")
+                if parts[name].shape[0] < 2:
+                    raise ValueError(f"parts[{name!r}] needs at least 2 vectors for a standard deviation")
         self.stats = {}
         for name in ("O", "A"):
             if name in parts:
@@ -435,6 +221,8 @@ def features(parts: dict, combination: str, scaler: FeatureScaler | None = None)
     ValueError
         An unknown combination or a missing part.
     """
+    if not isinstance(parts, dict):
+        raise TypeError(f"parts must be a dict with 'O', 'A', 'X' tensors, got {type(parts).__name__}")
     if combination not in COMBINATIONS:
         raise ValueError(f"combination must be one of {COMBINATIONS}, got {combination!r}")
     names = combination.split("+")
@@ -475,10 +263,15 @@ def train_inverse(inverse: InverseTCNN, feats: torch.Tensor, images: torch.Tenso
     """
     from pytorch_msssim import ssim as ssim_torch
 
-    _check_images(images)
-    if feats.ndim != 2 or feats.shape[1] != inverse.in_features:
-        raise ValueError(f"feats must have shape (N, {inverse.in_features}), got {tuple(feats.shape)}")
-    _check_training(feats.shape[0], images.shape[0], epochs, batch_size, lr, "feats and images")
+    if not isinstance(inverse, InverseTCNN):
+        raise TypeError(f"inverse must be an InverseTCNN, got {type(inverse).__name__}")
+    check_images(images)
+    if isinstance(feats, torch.Tensor) and feats.ndim == 2 and feats.shape[1] == inverse.in_features:
+        _check_features(feats)
+    if not isinstance(feats, torch.Tensor) or feats.ndim != 2 or feats.shape[1] != inverse.in_features:
+        raise ValueError(f"feats must have shape (N, {inverse.in_features}), got "
+                         f"{tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__}")
+    check_training(feats.shape[0], images.shape[0], epochs, batch_size, lr, "feats and images")
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(inverse.parameters(), lr=lr)
     history = {"loss": []}
@@ -500,7 +293,18 @@ def train_inverse(inverse: InverseTCNN, feats: torch.Tensor, images: torch.Tenso
 
 @torch.no_grad()
 def invert(inverse: InverseTCNN, feats: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Images from features with a trained inverse model, ``(N, C, 32, 32)`` in [0, 1]."""
+    """Images from features ``(N, F)`` with a trained inverse model, ``(N, C, 32, 32)`` in [0, 1].
+
+    Raises
+    ------
+    TypeError
+        ``inverse`` not an :class:`InverseTCNN`; ``feats`` not a tensor.
+    ValueError
+        ``feats`` not a finite ``(N, inverse.in_features)`` float tensor.
+    """
+    if not isinstance(inverse, InverseTCNN):
+        raise TypeError(f"inverse must be an InverseTCNN, got {type(inverse).__name__}")
+    _check_features(feats)
     inverse.eval()
     return torch.cat([inverse(feats[i:i + batch_size]) for i in range(0, feats.shape[0], batch_size)])
 
@@ -526,7 +330,11 @@ def disjoint_splits(n: int, sizes: dict, seed: int = 0) -> dict:
     ValueError
         Sizes that are not positive or sum to more than ``n``.
     """
-    if any(not isinstance(v, int) or v < 1 for v in sizes.values()):
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if not isinstance(sizes, dict) or not sizes:
+        raise TypeError(f"sizes must be a non-empty dict name -> size, got {sizes!r}")
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sizes.values()):
         raise ValueError(f"every size must be a positive integer, got {sizes}")
     if sum(sizes.values()) > n:
         raise ValueError(f"the sizes sum to {sum(sizes.values())}, more than the {n} items available")
@@ -549,18 +357,41 @@ def identity_score(reconstructed: torch.Tensor, images: torch.Tensor, labels: to
     A reconstruction that collapsed to the class average identifies nobody: the score then
     falls to about ``1 / (images per class)``.
 
+    Parameters
+    ----------
+    reconstructed, images : torch.Tensor
+        ``(N, C, H, W)`` of the same shape, finite.
+    labels : torch.Tensor
+        ``(N,)`` integer classes.
+
     Returns
     -------
     float
         In [0, 1].
+
+    Raises
+    ------
+    TypeError
+        Non-tensors; labels that are not integers.
+    ValueError
+        Shapes that differ, NaN or infinite values (a NaN distance would count as a miss or a
+        hit at random), no images.
     """
+    for name, v in (("reconstructed", reconstructed), ("images", images)):
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor (N, C, H, W), got {type(v).__name__}")
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError(f"{name} contains NaN or infinite values; the score needs finite images")
+    if reconstructed.shape != images.shape or images.ndim < 2 or images.shape[0] < 1:
+        raise ValueError(f"reconstructed {tuple(reconstructed.shape)} and images {tuple(images.shape)} must have "
+                         f"the same shape (N, ...) with N >= 1, one reconstruction per image")
+    check_labels(labels, images.shape[0], 1 << 62)
     hits = 0
     for c in labels.unique():
         idx = torch.nonzero(labels == c).flatten()
         d = torch.cdist(reconstructed[idx].flatten(1).double(), images[idx].flatten(1).double())
         hits += int((d.argmin(1) == torch.arange(idx.numel())).sum())
     return hits / labels.numel()
-
 
 
 class Lab:
@@ -579,9 +410,20 @@ class Lab:
     ----------
     inverses : dict
         ``(k, combination)`` to ``(InverseTCNN, FeatureScaler)``; ``k = K`` means no truncation.
+    Raises
+    ------
+    TypeError
+        ``target`` or ``shadow`` not a ``torch.nn.Module``; ``class_avg`` not a tensor.
+    ValueError
+        ``class_avg`` not ``(K, C, H, W)`` in [0, 1]; ``steps`` not a positive integer.
     """
 
     def __init__(self, target: Classifier, shadow: Classifier, class_avg: torch.Tensor, steps: int = 100):
+        _check_module(target, "target")
+        _check_module(shadow, "shadow")
+        check_images(class_avg, "class_avg")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
         self.target, self.shadow, self.class_avg, self.steps = target, shadow, class_avg, steps
         self.inverses: dict = {}
 
@@ -591,21 +433,33 @@ class Lab:
             raise ValueError(f"combination must be one of {COMBINATIONS}, got {combination!r}")
         self.inverses[(k, combination)] = (inverse, scaler)
 
-    def observe(self, images: torch.Tensor, decimals: int | None = None, k: int | None = None) -> torch.Tensor:
-        """The target's output vectors for ``images``, after the defences (rounding, then top-k)."""
-        o = outputs(self.target, _check_images(images))
+    def observe(self, images: torch.Tensor, decimals: int | None = None, k: int | None = None, *,
+                return_mask: bool = False):
+        """The target's output vectors for ``images``, after the defences (rounding, then top-k).
+
+        With ``return_mask``, also the ``(N, K)`` bool mask of the entries kept by top-k.
+        """
+        o = outputs(self.target, check_images(images))
         if decimals is not None:
             o = round_outputs(o, decimals)
+        kept = torch.ones_like(o, dtype=torch.bool)
         if k is not None and k < o.shape[1]:
-            o = top_k(o, k)
-        return o
+            o, kept = top_k(o, k, return_mask=True)
+        return (o, kept) if return_mask else o
 
-    def parts(self, o: torch.Tensor, k: int | None = None) -> dict:
-        """The attacker's features of observed vectors ``o``: ``O``, ``A`` (A^L) and ``X`` (X~)."""
-        kk = None if k is None or k >= o.shape[1] else k
-        init = self.class_avg[o.argmax(1)]
-        return {"O": o, "A": last_layer_activations(self.shadow, o, k=kk),
-                "X": gradient_reconstruction(self.shadow, o, init, steps=self.steps, k=kk)}
+    def parts(self, o: torch.Tensor, k: int | None = None, kept: torch.Tensor | None = None) -> dict:
+        """The attacker's features of observed vectors ``o``: ``O``, ``A`` (A^L) and ``X`` (X~).
+
+        ``kept`` (from ``top_k(..., return_mask=True)`` or :meth:`observe`) names the entries that
+        survived top-k truncation; with ``k`` alone they are read as :func:`kept_entries`.
+        """
+        o = check_vectors(o)
+        kk = None if k is None or k >= o.shape[-1] else k
+        mask = kept_mask(o, kk, kept)
+        # X~ starts from the class average of the predicted class: the largest kept entry
+        init = self.class_avg[o.masked_fill(~mask, float("-inf")).argmax(1)]
+        return {"O": o, "A": last_layer_activations(self.shadow, o, kept=mask),
+                "X": gradient_reconstruction(self.shadow, o, init, steps=self.steps, kept=mask)}
 
     def invert(self, images: torch.Tensor, decimals: int | None = None, k: int | None = None) -> dict:
         """Every registered inverse model's reconstructions of ``images`` for this ``k``.
@@ -626,9 +480,9 @@ class Lab:
         models_k = {c: v for (kv, c), v in self.inverses.items() if kv == kk}
         if not models_k:
             raise ValueError(f"no inverse model was trained for k = {kk}; trained: {sorted({kv for kv, _ in self.inverses})}")
-        o = self.observe(images, decimals, kk)
-        p = self.parts(o, kk)
+        o, kept = self.observe(images, decimals, kk, return_mask=True)
+        p = self.parts(o, kk, kept)
         out = {c: invert(tc, features(p, c, sc)) for c, (tc, sc) in models_k.items()}
         out["X~"] = p["X"]
-        out["class average"] = self.class_avg[o.argmax(1)]
+        out["class average"] = self.class_avg[o.masked_fill(~kept, float("-inf")).argmax(1)]
         return out

@@ -34,7 +34,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import models
+from .flatnets import (Sizes, accuracy, as_sizes, check_weights, check_xy, flatten, forward, init_population,
+                       to_model, unflatten)
 
 __all__ = ["Sizes", "Population", "train_population", "init_population", "unflatten", "flatten", "forward",
            "to_model", "MetaModel", "train_metamodel", "aae", "aape", "accuracy", "accuracy_difference",
@@ -44,136 +45,6 @@ AAPE_EPS = 1e-3
 """Floor of the AAPE's denominator: ``|w_hat - w| / max(|w|, AAPE_EPS)``. PyTorch's default
 initialisation draws first-layer weights of a 784-input layer uniformly from about
 ``[-0.036, 0.036]``, so 1e-3 only touches the 3% of weights closest to zero."""
-
-
-@dataclass(frozen=True)
-class Sizes:
-    """Architecture ``D -> N (ReLU) -> K`` of a one-hidden-layer network.
-
-    Flattened weights are ``[W (N*D), b (N), A (K*N), c (K)]``, the order of
-    :class:`leakutils.models.MLP`'s ``state_dict`` (``fc1.weight, fc1.bias, out.weight, out.bias``).
-    """
-
-    D: int = 784
-    N: int = 64
-    K: int = 10
-
-    def __post_init__(self):
-        for name in ("D", "N", "K"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-
-    @property
-    def n_params(self) -> int:
-        """Number of weights and biases: ``N (D + 1) + K (N + 1)`` (50,890 for 784-64-10)."""
-        return self.N * (self.D + 1) + self.K * (self.N + 1)
-
-
-def _sizes(sizes) -> Sizes:
-    if isinstance(sizes, Sizes):
-        return sizes
-    if isinstance(sizes, (tuple, list)) and len(sizes) == 3:
-        return Sizes(*sizes)
-    raise TypeError(f"sizes must be a Sizes or a tuple (D, N, K), got {sizes!r}")
-
-
-def unflatten(flat: torch.Tensor, sizes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Split flattened weights ``(..., n_params)`` into ``W (..., N, D)``, ``b (..., N)``, ``A (..., K, N)``, ``c (..., K)``.
-
-    Raises
-    ------
-    ValueError
-        The last axis is not ``sizes.n_params`` long.
-    """
-    s = _sizes(sizes)
-    if flat.shape[-1] != s.n_params:
-        raise ValueError(f"flattened weights must have {s.n_params} entries for a {s.D}-{s.N}-{s.K} network, "
-                         f"got {flat.shape[-1]}")
-    lead = flat.shape[:-1]
-    i = 0
-    out = []
-    for shape in ((s.N, s.D), (s.N,), (s.K, s.N), (s.K,)):
-        n = math.prod(shape)
-        out.append(flat[..., i:i + n].reshape(*lead, *shape))
-        i += n
-    return tuple(out)  # type: ignore[return-value]
-
-
-def flatten(W: torch.Tensor, b: torch.Tensor, A: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`unflatten`: ``(..., n_params)``."""
-    lead = W.shape[:-2]
-    return torch.cat([W.reshape(*lead, -1), b, A.reshape(*lead, -1), c], dim=-1)
-
-
-def forward(flat: torch.Tensor, x: torch.Tensor, sizes) -> torch.Tensor:
-    """Logits of P networks given by flattened weights, differentiable in both arguments.
-
-    Parameters
-    ----------
-    flat : torch.Tensor
-        ``(P, n_params)``.
-    x : torch.Tensor
-        Inputs shared by all networks ``(B, D)`` (or ``(B, C, H, W)``, flattened), or one
-        batch per network ``(P, B, D)``; same dtype as ``flat``.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(P, B, K)`` logits.
-    """
-    s = _sizes(sizes)
-    W, b, A, c = unflatten(flat, s)
-    if x.dim() != 3 or x.shape[0] != flat.shape[0]:
-        x = x.reshape(x.shape[0], -1)
-        if x.shape[1] != s.D:
-            raise ValueError(f"inputs have {x.shape[1]} features, the networks expect D = {s.D}")
-        h = torch.relu(torch.einsum("bd,pnd->pbn", x, W) + b[:, None, :])
-    else:
-        h = torch.relu(torch.bmm(x, W.transpose(1, 2)) + b[:, None, :])
-    return torch.bmm(h, A.transpose(1, 2)) + c[:, None, :]
-
-
-def to_model(flat: torch.Tensor, sizes, input_shape=None, dtype: torch.dtype = torch.float64) -> models.MLP:
-    """A :class:`leakutils.models.MLP` holding one network's flattened weights ``(n_params,)``.
-
-    ``input_shape`` defaults to ``(D,)``; pass ``(1, 28, 28)`` to feed images directly.
-    """
-    s = _sizes(sizes)
-    m = models.MLP(input_shape or (s.D,), (s.N,), s.K, dtype=dtype)
-    W, b, A, c = unflatten(flat.detach().reshape(-1), s)
-    with torch.no_grad():
-        m.fc1.weight.copy_(W)
-        m.fc1.bias.copy_(b)
-        m.out.weight.copy_(A)
-        m.out.bias.copy_(c)
-    return m
-
-
-def init_population(n_nets: int, sizes, seeds) -> torch.Tensor:
-    """PyTorch's default ``nn.Linear`` initialisation for each network, from its own seed.
-
-    Every weight and bias of a layer with ``fan_in`` inputs is drawn from
-    ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, as ``nn.Linear.reset_parameters`` does.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(n_nets, n_params)`` float32.
-    """
-    s = _sizes(sizes)
-    seeds = list(seeds)
-    if len(seeds) != n_nets:
-        raise ValueError(f"need one seed per network: {n_nets} networks, {len(seeds)} seeds")
-    out = torch.empty(n_nets, s.n_params)
-    for p, sd in enumerate(seeds):
-        g = torch.Generator().manual_seed(int(sd))
-        parts = []
-        for shape, fan_in in (((s.N, s.D), s.D), ((s.N,), s.D), ((s.K, s.N), s.N), ((s.K,), s.N)):
-            bound = 1.0 / math.sqrt(fan_in)
-            parts.append((torch.rand(shape, generator=g) * 2 - 1).mul_(bound).reshape(-1))
-        out[p] = torch.cat(parts)
-    return out
 
 
 @dataclass
@@ -216,28 +87,6 @@ class Population:
                           [self.seeds[i] for i in idx.tolist()], self.sizes, self.queries, dict(self.info))
 
 
-def _check_xy(images, labels, D, what):
-    x = torch.as_tensor(images).reshape(len(images), -1).float()
-    y = torch.as_tensor(labels).long()
-    if x.shape[1] != D:
-        raise ValueError(f"{what} have {x.shape[1]} features, the networks expect D = {D}")
-    if y.shape != (x.shape[0],):
-        raise ValueError(f"{what}: need one label per image, got {tuple(y.shape)} labels for {x.shape[0]} images")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{what} contain NaN or infinite values")
-    return x, y
-
-
-def accuracy(flat: torch.Tensor, images, labels, sizes, chunk: int = 64) -> torch.Tensor:
-    """Accuracy in ``[0, 1]`` of each network ``(P, n_params)`` on ``images``; float64 ``(P,)``."""
-    s = _sizes(sizes)
-    x, y = _check_xy(images, labels, s.D, "test images")
-    out = []
-    with torch.no_grad():
-        for i in range(0, flat.shape[0], chunk):
-            logits = forward(flat[i:i + chunk].float(), x, s)
-            out.append((logits.argmax(-1) == y).double().mean(1))
-    return torch.cat(out)
 
 
 def train_population(n_nets: int, images, labels, queries, *, sizes=Sizes(), epochs: int = 1, lr: float = 1e-3,
@@ -274,11 +123,11 @@ def train_population(n_nets: int, images, labels, queries, *, sizes=Sizes(), epo
     ValueError
         Non-positive counts, inputs of the wrong size, labels outside ``[0, K)``.
     """
-    s = _sizes(sizes)
+    s = as_sizes(sizes)
     for name, v in (("n_nets", n_nets), ("epochs", epochs), ("batch_size", batch_size)):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    x, y = _check_xy(images, labels, s.D, "training images")
+    x, y = check_xy(images, labels, s.D, "training images")
     if y.min() < 0 or y.max() >= s.K:
         raise ValueError(f"labels must lie in [0, {s.K}), got {int(y.min())}..{int(y.max())}")
     q = torch.as_tensor(queries).reshape(len(queries), -1).float()
@@ -330,7 +179,10 @@ class MetaModel(nn.Module):
 
     def __init__(self, sizes, n_queries: int, hidden: int = 256, latent: int = 64):
         super().__init__()
-        self.sizes = _sizes(sizes)
+        for name, v in (("n_queries", n_queries), ("hidden", hidden), ("latent", latent)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        self.sizes = as_sizes(sizes)
         n_in = n_queries * self.sizes.K
         self.encoder = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, latent))
         self.decoder = nn.Sequential(nn.ReLU(), nn.Linear(latent, hidden), nn.ReLU(),
@@ -381,7 +233,15 @@ def similarity_loss(flat: torch.Tensor, outputs: torch.Tensor, queries: torch.Te
     torch.Tensor
         A scalar >= 0 (0 when the predicted networks reproduce the observed softmax).
     """
-    logits = forward(flat, queries, sizes)
+    s = as_sizes(sizes)
+    check_weights(flat, "flat", s)
+    if not isinstance(outputs, torch.Tensor) or outputs.ndim != 3 or outputs.shape[0] != flat.shape[0] \
+            or outputs.shape[2] != s.K or not bool(torch.isfinite(outputs).all()):
+        raise ValueError(f"outputs must be finite logits (P, Q, {s.K}) for P = {flat.shape[0]} networks, got "
+                         f"{tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__}")
+    logits = forward(flat, queries, s)
+    if logits.shape != outputs.shape:
+        raise ValueError(f"outputs {tuple(outputs.shape)} must be on the same {logits.shape[1]} queries")
     return nn.functional.kl_div(torch.log_softmax(logits, -1), torch.softmax(outputs, -1),
                                 reduction="none").sum(-1).mean()
 
@@ -425,6 +285,10 @@ def train_metamodel(pop: Population, *, similarity: float = 0.0, detach_similari
     ValueError
         Fewer than 2 networks, a negative ``similarity``, non-positive counts.
     """
+    if not isinstance(pop, Population):
+        raise TypeError(f"pop must be a Population (from train_population), got {type(pop).__name__}")
+    if not isinstance(similarity, (int, float)) or not math.isfinite(similarity):
+        raise ValueError(f"similarity must be a finite number >= 0, got {similarity!r}")
     if len(pop) < 2:
         raise ValueError("a meta-model needs a population of at least 2 white-box networks")
     if similarity < 0:
@@ -474,8 +338,11 @@ def aae(pred: torch.Tensor, true: torch.Tensor) -> float:
     Raises
     ------
     ValueError
-        Different shapes.
+        Different shapes, NaN or infinite weights.
+    TypeError
+        Non-tensor or non-float weights.
     """
+    check_weights(pred, "pred"), check_weights(true, "true")
     if pred.shape != true.shape:
         raise ValueError(f"predicted {tuple(pred.shape)} and true {tuple(true.shape)} weights differ in shape")
     return float((pred.double() - true.double()).abs().mean())
@@ -492,11 +359,14 @@ def aape(pred: torch.Tensor, true: torch.Tensor, eps: float = AAPE_EPS) -> float
     Raises
     ------
     ValueError
-        Different shapes, negative ``eps``.
+        Different shapes, negative ``eps``, NaN or infinite weights.
+    TypeError
+        Non-tensor or non-float weights.
     """
+    check_weights(pred, "pred"), check_weights(true, "true")
     if pred.shape != true.shape:
         raise ValueError(f"predicted {tuple(pred.shape)} and true {tuple(true.shape)} weights differ in shape")
-    if eps < 0:
+    if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
     t = true.double()
     den = t.abs().clamp_min(eps) if eps > 0 else t.abs()
@@ -531,7 +401,8 @@ def align_units(pred: torch.Tensor, true: torch.Tensor, sizes) -> torch.Tensor:
     torch.Tensor
         ``pred`` with its units permuted, same shape and dtype.
     """
-    s = _sizes(sizes)
+    s = as_sizes(sizes)
+    pred, true = check_weights(pred, "pred", s), check_weights(true, "true", s)
     shape = pred.shape
     pred, true = pred.reshape(-1, s.n_params), true.reshape(-1, s.n_params)
     if pred.shape != true.shape:
@@ -572,7 +443,7 @@ def canonical_order(weights: torch.Tensor, sizes, rounds: int = 3) -> torch.Tens
     torch.Tensor
         ``(P, n_params)``: the same networks (same functions), units reordered.
     """
-    s = _sizes(sizes)
+    s = as_sizes(sizes)
     if not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
     ref = weights[0]
@@ -592,9 +463,20 @@ def scores(pred: torch.Tensor, true: torch.Tensor, images, labels, sizes, *, eps
         :func:`align_units` (``aae_aligned``, ``aape_aligned``), ``accuracy_difference`` (mean
         over networks; alignment does not change it), ``accuracy_true`` and ``accuracy_pred``
         (means).
+
+    Raises
+    ------
+    TypeError
+        Non-tensor or non-float weights; ``sizes`` not a Sizes or (D, N, K).
+    ValueError
+        Weights with NaN or infinite values, of another length than ``sizes.n_params`` or of
+        different shapes; test images of the wrong size, NaN, or one label per image missing.
     """
-    s = _sizes(sizes)
+    s = as_sizes(sizes)
+    pred, true = check_weights(pred, "pred", s), check_weights(true, "true", s)
     pred, true = pred.reshape(-1, s.n_params).contiguous(), true.reshape(-1, s.n_params)
+    if pred.shape != true.shape:
+        raise ValueError(f"predicted {tuple(pred.shape)} and true {tuple(true.shape)} weights differ in shape")
     aligned = align_units(pred, true, s)
     acc_t, acc_p = accuracy(true, images, labels, s), accuracy(pred, images, labels, s)
     return {"aae": aae(pred, true), "aape": aape(pred, true, eps),

@@ -90,3 +90,126 @@ def test_extracted_model_agreement_and_partial_search():
     assert al["errors"]["W"] < 1e-6
     with pytest.raises(ValueError, match="do not fit"):
         ex.align(*_truth(_net(D=20)), e)
+
+
+def _smooth_boxes():
+    torch.manual_seed(0)
+    tanh = models.MLP(20, (8,), activation="tanh", dtype=torch.float64)
+    relu = ex.as_oracle(_net())
+
+    def softmax(X):
+        z = relu(X)
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+    return {"tanh": ex.as_oracle(tanh), "softmax": softmax}
+
+
+@pytest.mark.parametrize("name", ["tanh", "softmax"])
+def test_smooth_boxes_are_refused_after_few_queries(name):
+    q = ex.QueryCounter(_smooth_boxes()[name])
+    with pytest.raises(ex.NotPiecewiseLinearError, match="not a ReLU network"):
+        ex.extract(q, 20, 8)
+    assert q.queries < 500  # the issue saw 1.8 million
+
+
+def test_query_and_time_budgets():
+    net = _net()
+    with pytest.raises(ex.BudgetExceededError, match=r"queries made.*max_queries=1,000"):
+        ex.extract(ex.as_oracle(net), 20, 8, max_queries=1000)
+    with pytest.raises(ex.BudgetExceededError, match="time budget spent"):
+        ex.extract(ex.as_oracle(net), 20, 8, max_seconds=1e-9)
+    # the default budget leaves room for the search
+    e = ex.extract(ex.as_oracle(net), 20, 8)
+    assert e.diagnostics["complete"] and e.queries < ex.QUERY_BUDGET_PER_WEIGHT * 9 * 21 + ex.QUERY_BUDGET_BASE
+
+
+def test_noisy_logits_do_not_add_hyperplanes():
+    # relative round-off of 1e-13 in the logits (another BLAS, another machine) made the rows
+    # of one unit found on two lines differ by more than the old duplicate tolerance
+    net = _net(D=60, N=16, seed=2)
+    f0 = ex.as_oracle(net)
+    rng = np.random.default_rng(1)
+    e = ex.extract(lambda X: (lambda y: y * (1 + 1e-13 * rng.standard_normal(y.shape)))(f0(X)), 60, 16, lines=8,
+                   max_lines=8, strict=False)
+    assert e.diagnostics["units_found"] <= 16
+    if e.diagnostics["complete"]:
+        assert ex.align(*_truth(net), e)["max_error"] < 1e-4
+
+
+BAD_EXTRACT = [
+    (lambda X: np.asarray(X)[:, 0], {}, ex.ExtractionError, r"shape \(2,\)"),
+    (lambda X: np.asarray(X)[:1, :3], {}, ex.ExtractionError, "1 rows for 2 inputs"),
+    (lambda X: np.full((len(X), 3), np.nan), {}, ex.ExtractionError, "NaN"),
+    (lambda X: np.full((len(X), 3), np.inf), {}, ex.ExtractionError, "infinite"),
+    ("not callable", {}, TypeError, "callable"),
+    (None, {"input_dim": 7}, ValueError, "input_dim"),
+    (None, {"hidden": 0}, ValueError, "hidden must be a positive integer"),
+    (None, {"lines": 2.5}, ValueError, "lines"),
+    (None, {"span": -1.0}, ValueError, "span"),
+    (None, {"scale": float("nan")}, ValueError, "scale"),
+    (None, {"delta": 0}, ValueError, "delta"),
+    (None, {"max_queries": 0}, ValueError, "max_queries"),
+    (None, {"max_seconds": -1}, ValueError, "max_seconds"),
+    (None, {"seed": -1}, ValueError, "seed"),
+    (None, {"fit_queries": 0}, ValueError, "fit_queries"),
+]
+
+
+@pytest.mark.parametrize("oracle, kw, exc, match", BAD_EXTRACT)
+def test_extract_bad_inputs(oracle, kw, exc, match):
+    f = ex.as_oracle(_net()) if oracle is None else oracle
+    args = {"input_dim": 20, "hidden": 8, **kw}
+    with pytest.raises(exc, match=match):
+        ex.extract(f, args.pop("input_dim"), args.pop("hidden"), **args)
+
+
+def test_other_public_functions_bad_inputs():
+    net = _net()
+    e = ex.extract(ex.as_oracle(net), 20, 8)
+    with pytest.raises(TypeError, match="nn.Module"):
+        ex.as_oracle(lambda x: x)
+    with pytest.raises(TypeError, match="callable"):
+        ex.QueryCounter(3)
+    with pytest.raises(ValueError, match=r"\(B, 20\)"):
+        ex.agreement(e, ex.as_oracle(net), np.zeros((3, 5)))
+    with pytest.raises(ValueError, match="finite"):
+        ex.agreement(e, ex.as_oracle(net), np.full((3, 20), np.nan))
+    with pytest.raises(ex.ExtractionError, match="NaN"):
+        ex.agreement(e, lambda X: np.full((len(X), 10), np.nan), np.zeros((3, 20)))
+    with pytest.raises(TypeError, match="Extracted"):
+        ex.agreement("e", ex.as_oracle(net), np.zeros((3, 20)))
+    with pytest.raises(TypeError, match="Extracted"):
+        ex.align(*_truth(net), "e")
+    W, b, A = _truth(net)
+    with pytest.raises(ValueError, match="NaN"):
+        ex.align(W * np.nan, b, A, e)
+    with pytest.raises(ValueError, match=r"\(B, 20\)"):
+        e(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="input_shape"):
+        e.to_model(input_shape=(1, 28, 28))
+
+
+@pytest.fixture(scope="module")
+def mnist_784_32_10():
+    """The network of widgets.extraction_demo(width=32, seed=0): 784-32-10 trained on 2,000 digits."""
+    from leakutils import data, metamodel as mm
+
+    ds = data.load("mnist", dtype=torch.float64)
+    x, y = ds.images[:2000].reshape(2000, -1).float(), ds.labels[:2000]
+    s = mm.Sizes(784, 32, 10)
+    net = mm.to_model(mm.train_population(1, x, y, x[:1], sizes=s, epochs=3, seed=0).weights[0], s)
+    return net, ds.images[4100:].reshape(900, -1).numpy()
+
+
+@pytest.mark.parametrize("lines, noise", [(4, 0.0), (12, 0.0), (8, 1e-13)])
+def test_width_32_panel_network_extracts_exactly(mnist_784_32_10, lines, noise):
+    # the issue: "bends along 33 distinct hyperplanes" for 4, 8 and 12 lines. It reproduces here
+    # with 1e-13 relative round-off in the logits (one unit's rows from two lines were not merged)
+    net, held_out = mnist_784_32_10
+    f0, rng = ex.as_oracle(net), np.random.default_rng(0)
+    f = f0 if noise == 0 else (lambda X: (lambda y: y * (1 + noise * rng.standard_normal(y.shape)))(f0(X)))
+    e = ex.extract(f, 784, 32, lines=lines, max_lines=lines, seed=0, strict=False)
+    assert e.diagnostics["complete"] and e.diagnostics["units_found"] == 32
+    err = ex.align(*_truth(net), e)["max_error"]
+    assert err < (1e-7 if noise == 0 else 1e-4)
+    assert ex.agreement(e, f0, held_out)["agreement"] == 1.0

@@ -163,3 +163,99 @@ def test_lab_and_panel(digits32):
     import ipywidgets  # part of the test extra
 
     assert isinstance(widgets.inversion_panel(lab, x[300:310]), ipywidgets.VBox)
+
+
+def test_top_k_with_negative_logits_keeps_the_true_top_k():
+    # the case: kept logits below zero; the old _kept re-read the top k of the truncated
+    # vector, where the zeros of dropped entries outrank the kept negatives
+    o = torch.tensor([[2.0, -1.0, -3.0, -0.5, -4.0]])
+    t, kept = inv.top_k(o, 3, return_mask=True)
+    assert kept[0].nonzero().flatten().tolist() == [0, 1, 3]
+    assert torch.equal(inv.kept_entries(t, 3), kept)
+    with pytest.raises(ValueError, match="non-zero"):
+        inv.kept_entries(torch.tensor([[1.0, 0.0, 0.0, 0.0]]), 2)
+
+
+def test_lab_parts_use_the_kept_set():
+    torch.manual_seed(0)
+    clf = inv.Classifier(channels=(2, 2, 2), hidden=12, image_size=8).eval()
+    lab = inv.Lab(clf, clf, torch.rand(10, 1, 8, 8), steps=1)
+    o = torch.randn(6, 10) * 3 - 4  # mostly negative logits
+    t, kept = inv.top_k(o, 5, return_mask=True)
+    a = lab.parts(t, 5, kept)["A"]
+    with torch.no_grad():
+        assert torch.allclose(clf.out(a)[kept], o[kept], atol=1e-3)
+    assert torch.allclose(lab.parts(t, 5)["A"], a)
+
+
+def _bad_inversion_cases():
+    torch.manual_seed(0)
+    clf = inv.Classifier(channels=(2, 2, 2), hidden=12)
+    x = torch.rand(4, 1, 32, 32)
+    y = torch.tensor([0, 1, 2, 3])
+    o = torch.randn(4, 10)
+    nan_o = o.clone()
+    nan_o[0, 0] = float("nan")
+    return [
+        (lambda: clf(torch.rand(2, 1, 28, 28)), ValueError, "32, 32"),
+        (lambda: clf([1, 2]), TypeError, "torch.Tensor"),
+        (lambda: inv.train_classifier(clf, x, y.float(), epochs=1), TypeError, "integers"),
+        (lambda: inv.train_classifier(clf, x, torch.tensor([0, 1, 2, 10]), epochs=1), ValueError, r"\[0, 10\)"),
+        (lambda: inv.train_classifier(clf, x, y[:3], epochs=1), ValueError, "one label per image"),
+        (lambda: inv.train_classifier(clf, x, y, epochs=0), ValueError, "epochs"),
+        (lambda: inv.train_classifier(clf, x, y, lr=float("nan")), ValueError, "lr"),
+        (lambda: inv.train_classifier(torch.nn.Linear(2, 2), x, y), TypeError, "Classifier"),
+        (lambda: inv.identity_score(x[:3], x, y), ValueError, "same shape"),
+        (lambda: inv.identity_score(x * float("nan"), x, y), ValueError, "NaN"),
+        (lambda: inv.identity_score(x, x, y.float()), TypeError, "integers"),
+        (lambda: inv.last_layer_activations(clf, nan_o), ValueError, "NaN"),
+        (lambda: inv.last_layer_activations(clf, torch.randn(4, 7)), ValueError, r"\(N, 10\)"),
+        (lambda: inv.last_layer_activations(torch.nn.Linear(2, 2), o), TypeError, "out"),
+        (lambda: inv.last_layer_activations(clf, o, kept=torch.ones(4, 10)), ValueError, "bool"),
+        (lambda: inv.gradient_reconstruction(clf, nan_o, x), ValueError, "NaN"),
+        (lambda: inv.gradient_reconstruction(clf, o, x, k=3), ValueError, "non-zero"),
+        (lambda: inv.top_k(o.numpy(), 2), TypeError, "torch.Tensor"),
+        (lambda: inv.top_k(nan_o, 2), ValueError, "NaN"),
+        (lambda: inv.top_k(o, True), ValueError, "k must be"),
+        (lambda: inv.round_outputs(nan_o, 1), ValueError, "NaN"),
+        (lambda: inv.class_averages(x, y.float()), TypeError, "integers"),
+        (lambda: inv.class_averages(x, torch.tensor([0, 1, 2, 12])), ValueError, r"\[0, 10\)"),
+        (lambda: inv.class_averages(x.numpy(), y), TypeError, "torch.Tensor"),
+        (lambda: inv.total_variation(torch.rand(3, 3)), ValueError, r"\(B, C, H, W\)"),
+        (lambda: inv.features({"O": o}, "O+A"), ValueError, "missing"),
+        (lambda: inv.features({"O": o}, "Q"), ValueError, "combination"),
+        (lambda: inv.disjoint_splits(10, {"a": 11}), ValueError, "more than"),
+        (lambda: inv.InverseTCNN(10)(torch.randn(2, 50)), ValueError, r"\(B, 10\)"),
+        (lambda: inv.InverseTCNN(10)([0.0] * 10), TypeError, "torch.Tensor"),
+        (lambda: inv.outputs("model", x), TypeError, "nn.Module"),
+        (lambda: inv.outputs(clf, x, batch_size=0), ValueError, "batch_size"),
+        (lambda: inv.accuracy(clf, x, y.float()), TypeError, "integers"),
+        (lambda: inv.accuracy(clf, x, y[:2]), ValueError, "one label per image"),
+        (lambda: inv.invert(inv.InverseTCNN(10), torch.full((2, 10), float("nan"))), ValueError, "NaN"),
+        (lambda: inv.invert(clf, o), TypeError, "InverseTCNN"),
+        (lambda: inv.train_inverse(inv.InverseTCNN(10), nan_o, x), ValueError, "NaN"),
+        (lambda: inv.train_inverse(clf, o, x), TypeError, "InverseTCNN"),
+        (lambda: inv.disjoint_splits(0, {"a": 1}), ValueError, "n must be"),
+        (lambda: inv.disjoint_splits(10, [("a", 1)]), TypeError, "dict"),
+        (lambda: inv.FeatureScaler({"O": nan_o}), ValueError, "NaN"),
+        (lambda: inv.FeatureScaler([o]), TypeError, "dict"),
+        (lambda: inv.features([o], "O"), TypeError, "dict"),
+        (lambda: inv.Lab(clf, clf, torch.rand(10, 1, 32, 32), steps=0), ValueError, "steps"),
+        (lambda: inv.Lab(clf, "shadow", torch.rand(10, 1, 32, 32)), TypeError, "shadow"),
+        (lambda: inv.Lab(clf, clf, torch.rand(10, 1, 32, 32)).invert(x, k=3), ValueError, "no inverse model"),
+        (lambda: inv.kept_entries(o, 0), ValueError, "k must be"),
+    ]
+
+
+N_BAD_INVERSION = 47
+
+
+def test_every_bad_case_is_listed():
+    assert len(_bad_inversion_cases()) == N_BAD_INVERSION
+
+
+@pytest.mark.parametrize("case", range(N_BAD_INVERSION))
+def test_bad_inputs_give_clear_errors(case):
+    call, exc, match = _bad_inversion_cases()[case]
+    with pytest.raises(exc, match=match):
+        call()

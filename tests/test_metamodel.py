@@ -171,3 +171,58 @@ def test_metamodel_bad_input(small_lab):
         mm.train_metamodel(pop.subset([0]))
     with pytest.raises(ValueError, match="similarity"):
         mm.train_metamodel(pop, similarity=-1.0)
+
+
+def _bad_metamodel_cases():
+    s = mm.Sizes(6, 3, 2)
+    w = mm.init_population(2, s, [0, 1])
+    nan_w = w.clone()
+    nan_w[0, 0] = float("nan")
+    x, y = torch.rand(5, 6), torch.tensor([0, 1, 0, 1, 0])
+    return [
+        (lambda: mm.scores(nan_w, w, x, y, s), ValueError, "NaN"),
+        (lambda: mm.scores(w, nan_w, x, y, s), ValueError, "NaN"),
+        (lambda: mm.scores(w[:, :5], w, x, y, s), ValueError, "entries per network"),
+        (lambda: mm.scores(w, w[:1], x, y, s), ValueError, "differ in shape"),
+        (lambda: mm.scores(w.numpy(), w, x, y, s), TypeError, "torch.Tensor"),
+        (lambda: mm.scores(w, w, x, y.float(), s), TypeError, "integer"),
+        (lambda: mm.scores(w, w, x * float("nan"), y, s), ValueError, "NaN"),
+        (lambda: mm.scores(w, w, x, y, "6-3-2"), TypeError, "sizes"),
+        (lambda: mm.aae(nan_w, w), ValueError, "NaN"),
+        (lambda: mm.aape(w, w, eps=-1.0), ValueError, "eps"),
+        (lambda: mm.aape(w.long(), w), TypeError, "float"),
+        (lambda: mm.align_units(nan_w, w, s), ValueError, "NaN"),
+        (lambda: mm.accuracy(nan_w, x, y, s), ValueError, "NaN"),
+        (lambda: mm.accuracy(w, torch.rand(5, 7), y, s), ValueError, "features"),
+        (lambda: mm.unflatten(w[:, :4], s), ValueError, "entries"),
+        (lambda: mm.Sizes(0, 3, 2), ValueError, "positive"),
+        (lambda: mm.train_population(0, x, y, x, sizes=s), ValueError, "n_nets"),
+        (lambda: mm.train_population(1, x, torch.tensor([0, 1, 0, 1, 5]), x, sizes=s), ValueError, "labels"),
+        (lambda: mm.init_population(2, s, [0]), ValueError, "one seed per network"),
+        (lambda: mm.canonical_order(w, s, rounds=0), ValueError, "rounds"),
+        (lambda: mm.forward(w, x.double(), s), TypeError, "dtype"),
+        (lambda: mm.forward(nan_w, x, s), ValueError, "NaN"),
+        (lambda: mm.MetaModel(s, 0), ValueError, "n_queries"),
+        (lambda: mm.train_metamodel("pop"), TypeError, "Population"),
+        (lambda: mm.similarity_loss(w, torch.randn(2, 4, 3), x, s), ValueError, "outputs"),
+        (lambda: mm.similarity_loss(w, torch.randn(2, 4, 2), x, s), ValueError, "same 5 queries"),
+        (lambda: mm.accuracy_difference(nan_w, w, x, y, s), ValueError, "NaN"),
+        (lambda: mm.unflatten(w.numpy(), s), TypeError, "torch.Tensor"),
+        (lambda: mm.flatten(*mm.unflatten(w[0], s)[:3], torch.zeros(5)), ValueError, "do not form a network"),
+        (lambda: mm.to_model(w, s), ValueError, "one network"),
+        (lambda: mm.to_model(w[0], s, input_shape=(1, 28, 28)), ValueError, "input_shape"),
+    ]
+
+
+N_BAD_METAMODEL = 31
+
+
+def test_every_bad_case_is_listed():
+    assert len(_bad_metamodel_cases()) == N_BAD_METAMODEL
+
+
+@pytest.mark.parametrize("case", range(N_BAD_METAMODEL))
+def test_bad_inputs_give_clear_errors(case):
+    call, exc, match = _bad_metamodel_cases()[case]
+    with pytest.raises(exc, match=match):
+        call()

@@ -1,6 +1,14 @@
-"""Chapter 4's panel: a batch through a one-hidden-layer ReLU MLP, attacked by ExAN."""
+"""Chapter 4's panel: a batch through a one-hidden-layer ReLU MLP, attacked by ExAN.
+
+The network's head has the data set's own number of classes unless the caller asks for a
+wider one. With two classes (LFW: face or not) the attack refuses: every loss vector of a
+2-class softmax points along ``(1, -1)``, so the ExAN columns of different samples are all
+parallel and nothing separates the samples. The demo then records the refusal and its reason
+instead of a reconstruction.
+"""
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +24,15 @@ __all__ = ["ExanDemo", "exan_demo", "show_exan_demo", "exan_panel"]
 #: Hidden widths the Chapter 4 demo accepts.
 EXAN_WIDTHS = (16, panel.MAX_WIDTH)
 
+#: Most logits the demo's head may have (a wider head than the data's classes is a server's choice).
+MAX_LOGITS = 1000
+
+#: Logits of the panel's wider head (as many as MNIST's classes, the most of any demo data set).
+WIDE_HEAD = 10
+
+#: Width (characters) at which a refusal's reason is wrapped in the figure's title.
+REASON_WRAP = 110
+
 
 @dataclass
 class ExanDemo:
@@ -28,20 +45,28 @@ class ExanDemo:
     exans : torch.Tensor
         int64 ``(M,)``: each sample's true number of ExANs in the hidden layer (what the
         attacker cannot see).
-    reconstruction : Reconstruction
-        What :func:`leakutils.attacks.exan.reconstruct` returned.
+    reconstruction : Reconstruction or None
+        What :func:`leakutils.attacks.exan.reconstruct` returned; None when it refused.
     scores : Scores or None
         The recovered samples against the batch (Hungarian matching); None if none recovered.
     exact : torch.Tensor
         bool ``(M,)``: which samples of the batch came back with PSNR >= 100 dB.
+    num_classes : int
+        Logits of the attacked network's head (the data set's classes unless a wider head was
+        asked for).
+    refused : str or None
+        The attack's reason when it refused the network or the update (e.g. a 2-logit head),
+        None when it ran.
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     exans: torch.Tensor
-    reconstruction: Reconstruction
+    reconstruction: Reconstruction | None
     scores: Scores | None
     exact: torch.Tensor
+    num_classes: int = 10
+    refused: str | None = None
 
     @property
     def fraction_exact(self) -> float:
@@ -50,11 +75,15 @@ class ExanDemo:
 
 
 def exan_demo(batch_size: int = 8, width: int = 1024, *, dataset: str = "mnist", start: int = 0,
-              peel: bool = True, verify: bool = True, seed: int = 0) -> ExanDemo:
+              peel: bool = True, verify: bool = True, seed: int = 0,
+              num_classes: int | None = None) -> ExanDemo:
     """Attack a batch of ``batch_size`` images through ``MLP(width ReLU)`` with the ExAN attack.
 
     The attack is :func:`leakutils.attacks.exan.reconstruct` (Pan et al., USENIX Security
-    2022); the network has ``max(10, classes)`` logits, float64.
+    2022); the network is float64 with ``num_classes`` logits (default: the data set's own
+    classes, so LFW gets its true 2-logit head). When the attack refuses (a 2-logit head: every
+    loss vector points along ``(1, -1)``, so grouping cannot tell samples apart), the result
+    holds the reason in ``refused`` and no reconstruction.
 
     Parameters
     ----------
@@ -70,18 +99,25 @@ def exan_demo(batch_size: int = 8, width: int = 1024, *, dataset: str = "mnist",
         Passed to :func:`leakutils.attacks.exan.reconstruct` (False, False: the paper's B.1-B.3).
     seed : int
         Seed of PyTorch's default initialisation of the network, 0..2**32 - 1.
+    num_classes : int, optional
+        Logits of the head, from the data set's number of classes to :data:`MAX_LOGITS`.
+        None: the data set's number of classes. A wider head is a choice of whoever defines
+        the model (in federated learning, the server): the unused logits make the loss
+        vectors of different samples point different ways.
 
     Returns
     -------
     ExanDemo
+        With ``refused`` set (and ``reconstruction`` None) when the attack refused.
 
     Raises
     ------
     TypeError
-        A non-integer size, start or seed, a non-string data set, a non-bool ``peel`` or
-        ``verify``.
+        A non-integer size, start, seed or ``num_classes``, a non-string data set, a non-bool
+        ``peel`` or ``verify``.
     ValueError
-        Sizes out of range, an unknown data set, a batch that runs past the data set.
+        Sizes out of range, an unknown data set, a batch that runs past the data set, fewer
+        logits than the data set has classes.
     """
     from ..attacks import exan
 
@@ -90,13 +126,20 @@ def exan_demo(batch_size: int = 8, width: int = 1024, *, dataset: str = "mnist",
     width = panel.check_int("width", width, *EXAN_WIDTHS)
     peel, verify = panel.check_bool("peel", peel), panel.check_bool("verify", verify)
     seed = panel.check_int("seed", seed, 0, panel.MAX_SEED)
+    classes = len(ds.classes)
+    K = classes if num_classes is None else panel.check_int("num_classes", num_classes, classes, MAX_LOGITS)
     x, y = ds.images[start:start + batch_size], ds.labels[start:start + batch_size]
-    net = panel.relu_mlp(tuple(ds.shape), width, max(10, len(ds.classes)), seed)
+    net = panel.relu_mlp(tuple(ds.shape), width, K, seed)
     update = client_update(net, x, y)
-    rec = exan.reconstruct(net, update, peel=peel, verify=verify)
     exans = exan.count_exans(net, x)["act1"]["exans"]
+    try:
+        rec = exan.reconstruct(net, update, peel=peel, verify=verify)
+    except ValueError as err:  # the attack refuses what it cannot do honestly (e.g. 2 logits)
+        return ExanDemo(images=x, labels=y, exans=exans, reconstruction=None, scores=None,
+                        exact=torch.zeros(x.shape[0], dtype=torch.bool), num_classes=K, refused=str(err))
     scores, exact = _score_recovered(rec, x, y)
-    return ExanDemo(images=x, labels=y, exans=exans, reconstruction=rec, scores=scores, exact=exact)
+    return ExanDemo(images=x, labels=y, exans=exans, reconstruction=rec, scores=scores, exact=exact,
+                    num_classes=K)
 
 
 def _score_recovered(rec: Reconstruction, x: torch.Tensor, y: torch.Tensor) -> tuple:
@@ -119,9 +162,14 @@ def show_exan_demo(result: ExanDemo, max_images: int = 16):
     """
     panel.check_result(result, ExanDemo, "exan_demo")
     n = min(panel.check_int("max_images", max_images, 1), result.images.shape[0])
+    titles = [f"{int(e)} ExAN{'s' if int(e) != 1 else ''}" for e in result.exans[:n]]
+    if result.refused is not None:
+        fig = plot.image_grid(result.images[:n], titles)
+        reason = textwrap.fill(result.refused, REASON_WRAP)
+        fig.suptitle(f"{result.num_classes} logits: the attack refuses\n{reason}", fontsize=plot.FONT - 2)
+        return fig
     ok = result.reconstruction.diagnostics["recovered"]
     rec = result.reconstruction.images[ok]
-    titles = [f"{int(e)} ExAN{'s' if int(e) != 1 else ''}" for e in result.exans[:n]]
     d = result.reconstruction.diagnostics
     head = (f"batch of {result.images.shape[0]}: {int(result.exact.sum())} rebuilt exactly; "
             f"batch size read as {d['batch_size']}")
@@ -138,7 +186,9 @@ def show_exan_demo(result: ExanDemo, max_images: int = 16):
 def exan_panel():
     """A live panel: batch size and width sliders; see ExAN counts, what is recovered, the images.
 
-    Returns an ``ipywidgets.VBox`` that re-runs :func:`exan_demo` on every change.
+    Returns an ``ipywidgets.VBox`` that re-runs :func:`exan_demo` on every change. The
+    "10 logits" toggle gives the head :data:`WIDE_HEAD` logits instead of the data set's own
+    classes (LFW: 2, which the attack refuses, with the reason shown).
 
     Raises
     ------
@@ -150,5 +200,11 @@ def exan_panel():
         "width": panel.Choice([64, 128, 256, 512, 1024, 2048, 4096], 1024, "width"),
         "dataset": panel.Choice(panel.DEMO_DATASETS, "mnist", "data"),
         "peel": panel.Toggle(True, "peeling"),
+        "wide_head": panel.Toggle(False, "10 logits"),
     }
-    return panel.build_panel(exan_demo, show_exan_demo, controls, rows=(2, None))
+    return panel.build_panel(_panel_demo, show_exan_demo, controls, rows=(2, None))
+
+
+def _panel_demo(wide_head: bool = False, **values) -> ExanDemo:
+    """:func:`exan_demo` with the head the panel's toggle picks (the data's classes, or 10 logits)."""
+    return exan_demo(num_classes=WIDE_HEAD if wide_head else None, **values)

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .models import ArcTan
+from .validate import check_module, check_number, check_tensor
 
 __all__ = ["RULES", "ActivationRule", "rule_for", "derivative_from_output", "propagate", "invert",
            "is_invertible", "snap_to_range"]
@@ -85,9 +86,11 @@ def rule_for(activation: nn.Module) -> ActivationRule:
     Raises
     ------
     TypeError
-        Not one of the supported modules (the message lists them); e.g. ``nn.SiLU``, whose
-        derivative is not a function of its output because SiLU is not monotonic.
+        Not an ``nn.Module``, or not one of the supported modules (the message lists them);
+        e.g. ``nn.SiLU``, whose derivative is not a function of its output because SiLU is
+        not monotonic.
     """
+    check_module("activation", activation)
     for cls, name in _TYPES.items():
         if type(activation) is cls:
             return RULES[name]
@@ -118,12 +121,8 @@ def _slope(activation: nn.Module, X: torch.Tensor) -> torch.Tensor | float:
 
 
 def _check_output(activation, X):
-    if not isinstance(activation, nn.Module):
-        raise TypeError(f"activation must be a torch.nn.Module such as nn.Sigmoid(), got {type(activation).__name__}")
-    if not isinstance(X, torch.Tensor):
-        raise TypeError(f"X must be a torch tensor (the activation's output), got {type(X).__name__}")
-    if not torch.isfinite(X).all():
-        raise ValueError("X contains NaN or infinite values")
+    check_module("activation", activation)
+    check_tensor("X", X, kind="real", shape="(the activation's output)")
     return X.to(torch.float64)
 
 
@@ -146,9 +145,10 @@ def derivative_from_output(activation: nn.Module, X: torch.Tensor) -> torch.Tens
     Raises
     ------
     TypeError
-        Unsupported activation or non-tensor input.
+        Unsupported activation, non-tensor input, or a complex or bool ``X``.
     ValueError
-        ``X`` outside the activation's range (e.g. a sigmoid output outside [0, 1]), or NaN.
+        ``X`` outside the activation's range (e.g. a sigmoid output outside [0, 1]), NaN or
+        infinite entries, an empty ``X``.
     """
     X = _check_output(activation, X)
     name = rule_for(activation).name
@@ -197,10 +197,13 @@ def propagate(activation: nn.Module, X: torch.Tensor, grad_X: torch.Tensor) -> t
     Raises
     ------
     TypeError, ValueError
-        As :func:`derivative_from_output`, and ``grad_X`` of another shape.
+        As :func:`derivative_from_output`; ``grad_X`` not a real tensor, of another shape
+        than ``X`` or not finite.
     """
-    if not isinstance(grad_X, torch.Tensor) or grad_X.shape != X.shape:
-        raise ValueError(f"grad_X must be a tensor of the shape of X {tuple(X.shape)}")
+    X = _check_output(activation, X)
+    check_tensor("grad_X", grad_X, kind="real", shape="(the shape of X)")
+    if grad_X.shape != X.shape:
+        raise ValueError(f"grad_X must have the shape of X {tuple(X.shape)}, got {tuple(grad_X.shape)}")
     return grad_X.to(torch.float64) * derivative_from_output(activation, X)
 
 
@@ -259,7 +262,14 @@ def invert(activation: nn.Module, X: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 def is_invertible(activation: nn.Module) -> bool:
-    """Whether the activation's pre-activation is recoverable from its output everywhere."""
+    """Whether the activation's pre-activation is recoverable from its output everywhere.
+
+    Raises
+    ------
+    TypeError
+        Not an ``nn.Module``, or an unsupported activation (see :func:`rule_for`).
+    """
+    check_module("activation", activation)
     if isinstance(activation, nn.LeakyReLU) and activation.negative_slope <= 0:
         return False
     if isinstance(activation, nn.PReLU) and bool((activation.weight == 0).any()):
@@ -275,6 +285,14 @@ def snap_to_range(activation: nn.Module, X: torch.Tensor, rtol: float = 1e-9) ->
     ``rtol * max|X|`` of zero become exactly zero (an inactive unit), so that the derivative
     ``1 if X > 0 else 0`` does not flip on noise.
 
+    Parameters
+    ----------
+    activation : nn.Module
+    X : torch.Tensor
+        The rebuilt output, any shape, finite.
+    rtol : float
+        Relative tolerance in ``[0, 1)`` (ReLU only).
+
     Returns
     -------
     torch.Tensor
@@ -283,9 +301,12 @@ def snap_to_range(activation: nn.Module, X: torch.Tensor, rtol: float = 1e-9) ->
     Raises
     ------
     TypeError
-        Unsupported activation or non-tensor input.
+        Unsupported activation, non-tensor input, ``rtol`` not a number.
+    ValueError
+        NaN or infinite ``X``, an empty ``X``, ``rtol`` outside ``[0, 1)``.
     """
     X = _check_output(activation, X)
+    rtol = check_number("rtol", rtol, 0.0, 1.0, hi_open=True)
     name = rule_for(activation).name
     if name == "relu":
         tol = rtol * float(X.abs().max() or 1.0)

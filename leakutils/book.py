@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .validate import check_bool
+
 __all__ = ["glue", "glued"]
 
 #: Every value glued in this kernel, by key (also outside the book build).
@@ -41,11 +43,17 @@ def glue(name: str, value: Any, display: bool = False) -> Any:
 
     Raises
     ------
+    TypeError
+        A key that is not a string; ``display`` not a bool.
     ValueError
-        A key that is empty or holds characters other than letters, digits and ``_``.
+        A key that is empty or holds characters other than ASCII letters, digits and ``_``.
     """
-    if not isinstance(name, str) or not name or not name.replace("_", "").isalnum():
+    if not isinstance(name, str):
+        raise TypeError(f"a glue key must be a string of letters, digits and '_', e.g. 'ch1_psnr', "
+                        f"got {type(name).__name__}")
+    if not name or not name.isascii() or not name.replace("_", "").isalnum():
         raise ValueError(f"a glue key must be letters, digits and '_' only, e.g. 'ch1_psnr', got {name!r}")
+    check_bool("display", display)
     glued[name] = value
     if _myst_glue is not None:
         _myst_glue(name, value, display=display)

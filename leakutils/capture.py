@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import Update
+from .validate import check_bool, check_callable, check_labels, check_module, check_tensor
 
 __all__ = ["client_update"]
 
@@ -53,20 +54,22 @@ def client_update(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     ------
     TypeError
         ``model`` not an ``nn.Module``; ``x``/``y`` not tensors; ``x`` of a dtype other than the
-        model's.
+        model's; labels not int64 (default loss); ``loss_fn`` not callable; ``per_sample`` not
+        a bool.
     ValueError
-        Empty batch, ``x`` and ``y`` of different lengths, labels outside the number of
-        classes, a model without trainable parameters, a loss that is not a finite scalar.
+        Empty batch, ``x`` and ``y`` of different lengths, NaN or infinite inputs, labels
+        outside the number of classes, a model without trainable parameters, a model that
+        does not accept ``x``'s shape or does not return ``(M, classes)`` logits (default
+        loss), a loss that is not a finite scalar, gradients that are not finite.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-        raise TypeError("x and y must be torch tensors (images (M, C, H, W) and labels (M,))")
+    check_module("model", model)
+    check_tensor("x", x, min_ndim=2, kind=None, finite=False, shape="(M, *input_shape)")
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"y must be a torch tensor of labels (M,), got {type(y).__name__}")
+    check_bool("per_sample", per_sample)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters, so there is no gradient to share")
-    if x.ndim < 2 or x.shape[0] == 0:
-        raise ValueError(f"x must be a non-empty batch of shape (M, ...), got shape {tuple(x.shape)}")
     if y.ndim == 0 or y.shape[0] != x.shape[0]:
         raise ValueError(f"y must have one entry per sample: x has {x.shape[0]}, y has shape {tuple(y.shape)}")
     dtype = params[0][1].dtype
@@ -74,21 +77,37 @@ def client_update(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         raise TypeError(
             f"x is {x.dtype} but the model is {dtype}: convert one of them, e.g. x.to({dtype}) "
             f"or model.to({x.dtype})")
+    check_tensor("x", x, shape="(M, *input_shape)")
+    if y.is_floating_point() and not torch.isfinite(y).all():
+        raise ValueError("y contains NaN or infinite values")
     if loss_fn is None:
         if y.dtype != torch.int64:
-            raise TypeError(f"labels for cross-entropy must be int64 class indices, got {y.dtype}")
+            raise TypeError(f"labels for cross-entropy must be int64 class indices, got {y.dtype}; "
+                            f"convert with y.long()")
+        check_labels("y", y, x.shape[0])
         loss_fn = _cross_entropy
+    else:
+        check_callable("loss_fn", loss_fn, "loss_fn(logits, y) -> mean loss")
 
     names = [n for n, _ in params]
     tensors = [p for _, p in params]
 
     def grads_of(xb, yb):
-        loss = loss_fn(model(xb), yb)
+        try:
+            out = model(xb)
+        except (RuntimeError, ValueError, IndexError) as err:
+            raise ValueError(f"the model does not accept inputs of shape {tuple(xb.shape)}: {err}") from None
+        loss = loss_fn(out, yb)
         if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
             raise ValueError("loss_fn must return a 0-dim tensor: the mean loss over the batch")
         if not torch.isfinite(loss):
             raise ValueError(f"the loss is not finite ({float(loss.detach())}); check the inputs and weights")
-        return loss, torch.autograd.grad(loss, tensors, allow_unused=True)
+        grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+        for n, g in zip(names, grads):
+            if g is not None and not torch.isfinite(g).all():
+                raise ValueError(f"the gradient of {n!r} is not finite although the loss is; "
+                                 f"check the weights for overflow (use float64)")
+        return loss, grads
 
     loss, grads = grads_of(x, y)
     gradients = {n: (g if g is not None else torch.zeros_like(p)).detach()
@@ -107,8 +126,8 @@ def client_update(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 def _cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean softmax cross-entropy, with a clear error for labels outside the logits."""
-    classes = logits.shape[-1]
-    if int(y.min()) < 0 or int(y.max()) >= classes:
-        raise ValueError(f"labels must lie in [0, {classes}) for a model with {classes} outputs, "
-                         f"got values {int(y.min())}..{int(y.max())}")
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        raise ValueError(f"cross-entropy needs logits of shape (M, classes) from the model, got "
+                         f"{tuple(getattr(logits, 'shape', ()))}; pass loss_fn for another output")
+    check_labels("labels", y, num_classes=logits.shape[-1])
     return F.cross_entropy(logits, y)

@@ -5,10 +5,13 @@ output of every ``leakutils.attacks.<attack>.reconstruct(model, update, **option
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import torch
+
+from .validate import check_callable, check_int, check_shape
 
 __all__ = ["Update", "Reconstruction"]
 
@@ -34,6 +37,15 @@ class Update:
         Only when requested (a teaching aid, not something a real client shares): parameter
         name to the stack of per-sample gradients, shape ``(M, *param.shape)``. Their mean
         over the first axis equals ``gradients[name]``.
+
+    Raises
+    ------
+    TypeError
+        ``gradients`` not a mapping of names to floating tensors, ``batch_size`` not an
+        integer, ``loss`` not a number, ``input_shape`` not a tuple of integers.
+    ValueError
+        No gradients, ``batch_size < 1``, a negative ``input_shape`` entry, per-sample
+        gradients whose shapes are not ``(M, *param.shape)``.
     """
 
     gradients: Mapping[str, torch.Tensor]
@@ -41,6 +53,24 @@ class Update:
     loss: float
     input_shape: tuple[int, ...]
     per_sample: Mapping[str, torch.Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        _check_gradients("gradients", self.gradients)
+        if not self.gradients:
+            raise ValueError("gradients is empty: an update holds at least one parameter's gradient")
+        object.__setattr__(self, "batch_size", check_int("batch_size", self.batch_size, 1))
+        if isinstance(self.loss, bool) or not isinstance(self.loss, numbers.Real):
+            raise TypeError(f"loss must be a number (the mean loss over the batch), got {type(self.loss).__name__}")
+        object.__setattr__(self, "loss", float(self.loss))
+        object.__setattr__(self, "input_shape", check_shape("input_shape", self.input_shape))
+        if self.per_sample is not None:
+            _check_gradients("per_sample", self.per_sample)
+            for name, g in self.per_sample.items():
+                ref = self.gradients.get(name)
+                if ref is None or tuple(g.shape) != (self.batch_size, *ref.shape):
+                    raise ValueError(
+                        f"per_sample[{name!r}] must have shape (batch_size, *gradient shape) = "
+                        f"{(self.batch_size, *(() if ref is None else tuple(ref.shape)))}, got {tuple(g.shape)}")
 
     def __getitem__(self, name: str) -> torch.Tensor:
         """Return the averaged gradient of parameter ``name``.
@@ -62,7 +92,20 @@ class Update:
 
         Used by defences (noise, clipping, pruning) that act between capture and attack.
         Per-sample gradients are dropped, because they no longer match the new averages.
+
+        Parameters
+        ----------
+        fn : callable
+            ``fn(name, gradient) -> tensor`` of the gradient's shape.
+
+        Raises
+        ------
+        TypeError
+            ``fn`` not callable, or returning something other than a floating tensor.
+        ValueError
+            ``fn`` returning a tensor of another shape.
         """
+        check_callable("fn", fn, "fn(name, gradient) -> tensor")
         new = {name: fn(name, g) for name, g in self.gradients.items()}
         for name, g in new.items():
             if not isinstance(g, torch.Tensor) or g.shape != self.gradients[name].shape:
@@ -97,6 +140,15 @@ class Reconstruction:
         rows used, and so on. Each attack documents its keys.
     attack : str
         Name of the attack that produced this reconstruction.
+
+    Raises
+    ------
+    TypeError
+        ``images`` not a floating tensor, ``determined`` not a bool tensor, ``labels`` neither
+        None nor an integer tensor, ``diagnostics`` not a dict, ``attack`` not a string.
+    ValueError
+        ``determined`` of another shape than ``images``; values marked determined that are
+        NaN or infinite (an attack is never sure of a non-finite value).
     """
 
     images: torch.Tensor
@@ -106,13 +158,42 @@ class Reconstruction:
     attack: str = ""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.images, torch.Tensor) or not self.images.is_floating_point():
+            raise TypeError(f"images must be a floating torch tensor, got "
+                            f"{getattr(self.images, 'dtype', type(self.images).__name__)}")
+        if not isinstance(self.determined, torch.Tensor) or self.determined.dtype != torch.bool:
+            raise TypeError(f"determined must be a torch.bool tensor (True where the attack fixes the "
+                            f"value), got {getattr(self.determined, 'dtype', type(self.determined).__name__)}")
+        if self.labels is not None and (not isinstance(self.labels, torch.Tensor) or self.labels.is_floating_point()
+                                        or self.labels.dtype == torch.bool):
+            raise TypeError(f"labels must be None or an integer tensor of class indices, got "
+                            f"{getattr(self.labels, 'dtype', type(self.labels).__name__)}")
+        if not isinstance(self.diagnostics, dict):
+            raise TypeError(f"diagnostics must be a dict, got {type(self.diagnostics).__name__}")
+        if not isinstance(self.attack, str):
+            raise TypeError(f"attack must be the attack's name (a string), got {type(self.attack).__name__}")
         if self.determined.shape != self.images.shape:
             raise ValueError(
                 f"determined mask shape {tuple(self.determined.shape)} must equal images shape "
                 f"{tuple(self.images.shape)}"
             )
+        if self.determined.any() and not bool(torch.isfinite(self.images[self.determined]).all()):
+            raise ValueError("values marked determined are NaN or infinite; an attack marks only finite "
+                             "values it is sure of")
 
     @property
     def fraction_determined(self) -> float:
         """Fraction of image values fixed by the attack's equations, in [0, 1]."""
         return float(self.determined.double().mean()) if self.determined.numel() else 0.0
+
+
+def _check_gradients(name: str, grads) -> None:
+    """A mapping of parameter names (str) to floating tensors."""
+    if not isinstance(grads, Mapping):
+        raise TypeError(f"{name} must be a dict of parameter name to gradient tensor, got {type(grads).__name__}")
+    for key, g in grads.items():
+        if not isinstance(key, str):
+            raise TypeError(f"{name} keys must be parameter names (str), got {type(key).__name__} {key!r}")
+        if not isinstance(g, torch.Tensor) or not g.is_floating_point():
+            raise TypeError(f"{name}[{key!r}] must be a floating torch tensor, got "
+                            f"{getattr(g, 'dtype', type(g).__name__)}")

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .validate import check_choice, check_dtype, check_int, check_labels, check_tensor
+
 __all__ = ["ImageData", "DatasetUnavailableError", "load", "OFFLINE", "ONLINE", "available"]
 
 #: Offline data sets: name -> one-line description.
@@ -96,6 +98,15 @@ class ImageData:
         The name it was loaded by.
     source : str
         Where the data come from, in words.
+
+    Raises
+    ------
+    TypeError
+        ``images`` not a floating tensor, ``labels`` not int64, ``classes`` not strings,
+        ``name``/``source`` not strings.
+    ValueError
+        ``images`` not 4-D, empty or not finite; a label count other than the image count;
+        labels outside ``[0, len(classes))``.
     """
 
     images: torch.Tensor
@@ -104,11 +115,31 @@ class ImageData:
     name: str
     source: str
 
+    def __post_init__(self) -> None:
+        check_tensor("images", self.images, ndim=4, shape="(N, C, H, W)")
+        if not isinstance(self.classes, (tuple, list)) or not all(isinstance(c, str) for c in self.classes):
+            raise TypeError(f"classes must be a tuple of class names (str), got {self.classes!r}")
+        object.__setattr__(self, "classes", tuple(self.classes))
+        check_labels("labels", self.labels, self.images.shape[0], len(self.classes))
+        for what in ("name", "source"):
+            if not isinstance(getattr(self, what), str):
+                raise TypeError(f"{what} must be a string, got {type(getattr(self, what)).__name__}")
+
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
     def __getitem__(self, index):
-        """Return ``(images[index], labels[index])``; an int index keeps a batch axis of 1."""
+        """Return ``(images[index], labels[index])``; an int index keeps a batch axis of 1.
+
+        Raises
+        ------
+        IndexError
+            An int index outside ``-len(self)..len(self) - 1``.
+        TypeError
+            An index that is neither an int, a slice nor a tensor or list of indices.
+        """
+        if isinstance(index, bool) or not isinstance(index, (int, slice, list, torch.Tensor, np.ndarray)):
+            raise TypeError(f"index must be an int, a slice or a tensor/list of indices, got {type(index).__name__}")
         if isinstance(index, int):
             if not -len(self) <= index < len(self):
                 raise IndexError(f"index {index} out of range for {len(self)} images")
@@ -170,10 +201,11 @@ def load(
     Raises
     ------
     ValueError
-        Unknown name (the message lists the names), ``n`` not a positive integer or larger
-        than the data set, a bad ``size``, ``channels`` or ``split``.
+        Unknown name (the message lists the names), ``n`` below 1 or larger than the data
+        set, a non-positive ``size``, ``channels`` other than 1 or 3, an unknown ``split``.
     TypeError
-        ``dtype`` is not a floating torch dtype.
+        ``name`` or ``split`` not a string, ``n``/``size``/``channels`` not integers,
+        ``dtype`` not float32 or float64, ``root`` not a path.
     DatasetUnavailableError
         An online data set cannot be downloaded or its package is missing; the message
         names the offline alternative.
@@ -181,12 +213,14 @@ def load(
     if not isinstance(name, str):
         raise TypeError(f"name must be a string such as 'mnist', got {type(name).__name__}")
     key = name.lower()
-    if dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ValueError(f"n must be a positive integer (or None for all images), got {n!r}")
-    if channels not in (None, 1, 3):
+    check_dtype("dtype", dtype)
+    if n is not None:
+        n = check_int("n", n, 1)
+    if channels is not None and (check_int("channels", channels) not in (1, 3)):
         raise ValueError(f"channels must be 1 (grey), 3 (colour) or None (as stored), got {channels!r}")
+    check_choice("split", split, ("train", "val", "test"))
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"root must be a folder path (str or pathlib.Path), got {type(root).__name__}")
     size_hw = _check_size(size)
 
     if key in OFFLINE:
@@ -226,14 +260,12 @@ def _check_size(size) -> tuple[int, int] | None:
     if size is None:
         return None
     if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
-        size = (int(size), int(size))
-    try:
-        h, w = (int(s) for s in size)
-    except (TypeError, ValueError):
-        raise ValueError(f"size must be an int or a pair (H, W) of ints, got {size!r}") from None
-    if h < 1 or w < 1:
-        raise ValueError(f"size must be positive, got {size!r}")
-    return h, w
+        size = (size, size)
+    if isinstance(size, (str, bytes)) or not isinstance(size, (tuple, list)):
+        raise TypeError(f"size must be an int or a pair (H, W) of ints, got {type(size).__name__} {size!r}")
+    if len(size) != 2:
+        raise ValueError(f"size must be an int or a pair (H, W) of ints, got {size!r}")
+    return check_int("size", size[0], 1), check_int("size", size[1], 1)
 
 
 def _convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:

@@ -12,6 +12,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .validate import check_bool, check_choice, check_dtype, check_int, check_module, check_number, check_seed, \
+    check_shape
+
 __all__ = ["ACTIVATIONS", "ArcTan", "make_activation", "MLP", "LeNet", "ConvNet", "lenet_o", "cnn6", "cnn6_o",
            "rconv_net", "lenet_4_relu", "lenet_all_relu", "vgg_small", "init_weights", "count_parameters"]
 
@@ -19,7 +22,16 @@ __all__ = ["ACTIVATIONS", "ArcTan", "make_activation", "MLP", "LeNet", "ConvNet"
 class ArcTan(nn.Module):
     """Elementwise ``arctan``: output in ``(-pi/2, pi/2)``, derivative ``1 / (1 + O^2)``."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``arctan(x)`` elementwise; ``x`` a floating tensor of any shape.
+
+        Raises
+        ------
+        TypeError
+            ``x`` not a floating tensor.
+        """
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"ArcTan takes a floating torch tensor, got {getattr(x, 'dtype', type(x).__name__)}")
         return torch.atan(x)
 
 
@@ -54,9 +66,11 @@ def make_activation(name: str, **kwargs) -> nn.Module:
     ValueError
         Unknown name (the message lists the known ones).
     TypeError
-        Keyword arguments the activation does not take.
+        ``name`` not a string; keyword arguments the activation does not take.
     """
-    if not isinstance(name, str) or name.lower() not in ACTIVATIONS:
+    if not isinstance(name, str):
+        raise TypeError(f"activation must be a name (str), one of {sorted(ACTIVATIONS)}, got {type(name).__name__}")
+    if name.lower() not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
     if name.lower() == "leaky_relu":
         kwargs.setdefault("negative_slope", 0.2)
@@ -67,22 +81,41 @@ def make_activation(name: str, **kwargs) -> nn.Module:
 
 
 def _check_shape(input_shape) -> tuple[int, ...]:
-    if isinstance(input_shape, int) and not isinstance(input_shape, bool):
-        input_shape = (input_shape,)
-    if isinstance(input_shape, (str, bytes)):
-        raise TypeError(f"input_shape must be an int or a tuple such as (1, 28, 28), got {input_shape!r}")
-    try:
-        shape = tuple(int(s) for s in input_shape)
-    except TypeError:
-        raise TypeError(f"input_shape must be an int or a tuple such as (1, 28, 28), got {input_shape!r}") from None
-    if not shape or any(s < 1 for s in shape):
-        raise ValueError(f"input_shape must be non-empty and positive, got {input_shape!r}")
-    return shape
+    return check_shape("input_shape", input_shape)
 
 
 def _check_dtype(dtype):
-    if dtype not in (None, torch.float32, torch.float64):
-        raise TypeError(f"dtype must be torch.float32, torch.float64 or None, got {dtype}")
+    check_dtype("dtype", dtype, optional=True)
+
+
+def _check_image(in_channels, image_size) -> tuple[int, int, int]:
+    """``(C, H, W)`` from ``in_channels`` and ``image_size`` (an int or a pair)."""
+    in_channels = check_int("in_channels", in_channels, 1)
+    if isinstance(image_size, (tuple, list)) and len(image_size) == 2:
+        h, w = image_size
+    elif isinstance(image_size, (tuple, list)):
+        raise ValueError(f"image_size must be an int or a pair (H, W), got {image_size!r}")
+    else:
+        h = w = image_size
+    return in_channels, check_int("image_size", h, 1), check_int("image_size", w, 1)
+
+
+def _check_input(model: nn.Module, x) -> None:
+    """Refuse an input the network cannot take, with the shape and dtype it was built for."""
+    name = type(model).__name__
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"{name} takes a floating tensor (N, *{model.input_shape}), got "
+                        f"{getattr(x, 'dtype', type(x).__name__)}")
+    dtype = next(model.parameters()).dtype
+    if x.dtype != dtype:
+        raise TypeError(f"x is {x.dtype} but the {name} is {dtype}: convert one of them, e.g. x.to({dtype})")
+    if x.ndim < 2 or x[0].numel() != math.prod(model.input_shape):
+        raise ValueError(f"{name} was built for inputs (N, *{model.input_shape}), got {tuple(x.shape)}")
+
+
+def _check_sizes(**sizes) -> None:
+    for name, value in sizes.items():
+        check_int(name, value, 1)
 
 
 class MLP(nn.Sequential):
@@ -120,11 +153,11 @@ class MLP(nn.Sequential):
                  **activation_kwargs):
         shape = _check_shape(input_shape)
         _check_dtype(dtype)
-        widths = tuple(widths)
-        if any(not isinstance(w, int) or w < 1 for w in widths):
-            raise ValueError(f"widths must be positive integers, got {widths!r}")
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__"):
+            raise TypeError(f"widths must be a sequence of hidden widths such as (256,), got {widths!r}")
+        widths = tuple(check_int("widths", w, 1) for w in widths)
+        _check_sizes(num_classes=num_classes)
+        check_bool("bias", bias)
         layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
         width = math.prod(shape)
         for i, w in enumerate(widths, start=1):
@@ -136,6 +169,19 @@ class MLP(nn.Sequential):
         self.input_shape = shape
         if dtype is not None:
             self.to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, num_classes)`` for ``x`` of shape ``(N, *input_shape)`` (or flattened, ``(N, D)``).
+
+        Raises
+        ------
+        TypeError
+            ``x`` not a floating tensor of the network's dtype.
+        ValueError
+            Samples of another size than ``input_shape``.
+        """
+        _check_input(self, x)
+        return super().forward(x)
 
 
 class LeNet(nn.Module):
@@ -162,6 +208,13 @@ class LeNet(nn.Module):
         Whether the layers have biases.
     dtype : torch.dtype, optional
         ``torch.float64`` for exact analytic attacks.
+
+    Raises
+    ------
+    TypeError
+        Non-integer sizes, an unsupported dtype, an activation name that is not a string.
+    ValueError
+        Non-positive sizes, an unknown activation, an image too small for three convs.
     """
 
     def __init__(self, in_channels: int = 3, image_size=32, num_classes: int = 10,
@@ -169,11 +222,9 @@ class LeNet(nn.Module):
                  dtype: torch.dtype | None = None, **activation_kwargs):
         super().__init__()
         _check_dtype(dtype)
-        h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        self.input_shape = _check_shape((in_channels, h, w))
-        for name, value in (("width", width), ("num_classes", num_classes)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.input_shape = _check_image(in_channels, image_size)
+        _check_sizes(width=width, num_classes=num_classes)
+        check_bool("bias", bias)
         act = lambda: make_activation(activation, **activation_kwargs)  # noqa: E731
         self.body = nn.Sequential(OrderedDict([
             ("conv1", nn.Conv2d(in_channels, width, 5, stride=2, padding=2, bias=bias)), ("act1", act()),
@@ -188,7 +239,16 @@ class LeNet(nn.Module):
             self.to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of shape ``(N, num_classes)`` for ``x`` of shape ``(N, *input_shape)``."""
+        """Logits of shape ``(N, num_classes)`` for ``x`` of shape ``(N, *input_shape)``.
+
+        Raises
+        ------
+        TypeError
+            ``x`` not a floating tensor of the network's dtype.
+        ValueError
+            Samples of another size than ``input_shape``.
+        """
+        _check_input(self, x)
         return self.fc(self.flatten(self.body(x)))
 
 
@@ -216,15 +276,24 @@ class ConvNet(nn.Sequential):
 
     Raises
     ------
+    TypeError
+        ``convs`` not a sequence, non-integer sizes, an unsupported dtype.
     ValueError
-        Empty ``convs``, non-positive sizes, or layers that shrink the image to nothing.
+        Empty ``convs``, a spec that is not a 5-tuple, non-positive sizes, an unknown
+        activation, or layers that shrink the image to nothing.
     """
 
     def __init__(self, in_channels: int, image_size, convs, num_classes: int = 10, *, bias: bool = True,
                  head_bias: bool = True, dtype: torch.dtype | None = None):
         _check_dtype(dtype)
-        h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        shape = _check_shape((in_channels, h, w))
+        shape = _check_image(in_channels, image_size)
+        h, w = shape[1:]
+        _check_sizes(num_classes=num_classes)
+        check_bool("bias", bias)
+        check_bool("head_bias", head_bias)
+        if isinstance(convs, (str, bytes)) or not hasattr(convs, "__iter__"):
+            raise TypeError(f"convs must be a sequence of (filters, kernel, stride, padding, activation), "
+                            f"got {convs!r}")
         convs = list(convs)
         if not convs:
             raise ValueError("convs must list at least one conv layer")
@@ -236,8 +305,11 @@ class ConvNet(nn.Sequential):
             except (TypeError, ValueError):
                 raise ValueError(f"conv {i} must be (filters, kernel, stride, padding, activation), got {spec!r}") \
                     from None
-            if min(filters, k, stride) < 1 or pad < 0:
-                raise ValueError(f"conv {i} has a non-positive size: {spec!r}")
+            for what, v, lo in (("filters", filters, 1), ("kernel", k, 1), ("stride", stride, 1), ("padding", pad, 0)):
+                if isinstance(v, bool) or not isinstance(v, int):
+                    raise TypeError(f"conv {i}: {what} must be an integer, got {v!r} in {spec!r}")
+                if v < lo:
+                    raise ValueError(f"conv {i} has a non-positive size: {what} = {v} in {spec!r}")
             layers.append((f"conv{i}", nn.Conv2d(c, filters, k, stride=stride, padding=pad, bias=bias)))
             layers.append((f"act{i}", make_activation(act)))
             c = filters
@@ -252,6 +324,19 @@ class ConvNet(nn.Sequential):
         self.input_shape = shape
         if dtype is not None:
             self.to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, num_classes)`` for ``x`` of shape ``(N, *input_shape)``.
+
+        Raises
+        ------
+        TypeError
+            ``x`` not a floating tensor of the network's dtype.
+        ValueError
+            Samples of another size than ``input_shape``.
+        """
+        _check_input(self, x)
+        return super().forward(x)
 
 
 def lenet_o(in_channels: int = 3, image_size=32, num_classes: int = 10, activation: str = "sigmoid",
@@ -355,14 +440,16 @@ def vgg_small(in_channels: int = 3, image_size=32, num_classes: int = 10, *, cha
 
     Raises
     ------
-    ValueError
-        Bad sizes (see :class:`ConvNet`).
+    TypeError, ValueError
+        Bad sizes or dtype (see :class:`ConvNet`).
     """
+    _check_dtype(dtype)
+    if isinstance(channels, (str, bytes)) or not hasattr(channels, "__iter__"):
+        raise TypeError(f"channels must be three conv widths such as (8, 48, 48), got {channels!r}")
     channels = tuple(channels)
     if len(channels) != 3:
         raise ValueError(f"channels must give three conv widths, got {channels!r}")
-    if not isinstance(head_width, int) or head_width < 1:
-        raise ValueError(f"head_width must be a positive integer, got {head_width!r}")
+    _check_sizes(head_width=head_width)
     body = ConvNet(in_channels, image_size, [(channels[0], 3, 1, 1, conv_activation),
                                              (channels[1], 3, 2, 1, conv_activation),
                                              (channels[2], 3, 1, 1, conv_activation)], num_classes)
@@ -399,19 +486,19 @@ def init_weights(model: nn.Module, scheme: str = "uniform", *, low: float = -0.5
     Raises
     ------
     TypeError
-        ``model`` is not an ``nn.Module``.
+        ``model`` is not an ``nn.Module``; ``scheme`` not a string; ``low``, ``high``, ``std``
+        not numbers; ``seed`` not an integer.
     ValueError
-        Unknown scheme, ``low >= high``, ``std <= 0``, or a model with no linear/conv layer.
+        Unknown scheme, ``low >= high``, ``std <= 0``, non-finite bounds, a seed outside
+        ``0..2**32 - 1``, or a model with no linear/conv layer.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    schemes = ("uniform", "normal", "xavier", "kaiming", "default")
-    if scheme not in schemes:
-        raise ValueError(f"unknown scheme {scheme!r}; choose one of {schemes}")
+    check_module("model", model)
+    check_choice("scheme", scheme, ("uniform", "normal", "xavier", "kaiming", "default"))
+    low, high = check_number("low", low), check_number("high", high)
     if not low < high:
         raise ValueError(f"the uniform scheme needs low < high, got low={low}, high={high}")
-    if not std > 0:
-        raise ValueError(f"std must be positive, got {std}")
+    std = check_number("std", std, 0.0, lo_open=True)
+    seed = check_seed("seed", seed)
     layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d))]
     if not layers:
         raise ValueError("the model has no linear or convolutional layer to initialise")
@@ -452,6 +539,5 @@ def count_parameters(model: nn.Module) -> int:
     TypeError
         ``model`` is not an ``nn.Module``.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_module("model", model)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -44,17 +44,28 @@ def test_custom_loss_and_unused_parameters():
 
 @pytest.mark.parametrize("args, err, match", [
     (lambda m, x, y: ("model", x, y), TypeError, "torch.nn.Module"),
-    (lambda m, x, y: (m, x.numpy(), y), TypeError, "torch tensors"),
+    (lambda m, x, y: (m, x.numpy(), y), TypeError, "x must be a torch tensor"),
     (lambda m, x, y: (m, x.float(), y), TypeError, "convert one of them"),
     (lambda m, x, y: (m, x, y[:1]), ValueError, "one entry per sample"),
-    (lambda m, x, y: (m, x[:0], y[:0]), ValueError, "non-empty batch"),
+    (lambda m, x, y: (m, x[:0], y[:0]), ValueError, "x is empty"),
     (lambda m, x, y: (m, x, y + 10), ValueError, r"labels must lie in \[0, 10\)"),
     (lambda m, x, y: (m, x, y.double()), TypeError, "int64 class indices"),
-    (lambda m, x, y: (m, x * float("nan"), y), ValueError, "not finite"),
+    (lambda m, x, y: (m, x * float("nan"), y), ValueError, "x contains NaN"),
+    (lambda m, x, y: (m, x[:, :, :10], y), ValueError, "does not accept inputs of shape"),
+    (lambda m, x, y: (m, x[0, 0, 0], y), ValueError, "at least 2 axes"),
+    (lambda m, x, y: (m, x, y[:, None]), ValueError, "one-dimensional"),
+    (lambda m, x, y: (m, x, y, "mse"), TypeError, "loss_fn must be a callable"),
+    (lambda m, x, y: (m, x, y.tolist()), TypeError, "y must be a torch tensor"),
+    (lambda m, x, y: (models.MLP, x, y), TypeError, "build it first"),
 ])
 def test_bad_inputs(mlp, mnist, args, err, match):
     with pytest.raises(err, match=match):
         capture.client_update(*args(mlp, mnist.images[:2], mnist.labels[:2]))
+
+
+def test_per_sample_must_be_a_bool(mlp, mnist):
+    with pytest.raises(TypeError, match="per_sample must be True or False"):
+        capture.client_update(mlp, mnist.images[:2], mnist.labels[:2], per_sample=1)
 
 
 def test_model_without_trainable_parameters(mnist):

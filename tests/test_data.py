@@ -67,10 +67,10 @@ def test_available_lists_offline_and_online():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(name="imagenet"), "unknown data set"),
-    (dict(name="mnist", n=0), "positive integer"),
+    (dict(name="mnist", n=0), "n must be an integer >= 1"),
     (dict(name="mnist", n=5001), "fewer than the n=5001"),
-    (dict(name="mnist", size=0), "size must be positive"),
-    (dict(name="mnist", size="big"), "size must be an int"),
+    (dict(name="mnist", size=0), "size must be an integer >= 1"),
+    (dict(name="mnist", size=(8, 8, 8)), "pair"),
     (dict(name="mnist", channels=2), "channels must be 1"),
     (dict(name="mnist", split="test"), "single split"),
 ])
@@ -84,6 +84,25 @@ def test_bad_types():
         data.load("mnist", 2, dtype=torch.int64)
     with pytest.raises(TypeError, match="name must be a string"):
         data.load(3)
+    with pytest.raises(TypeError, match="size must be an int or a pair"):
+        data.load("mnist", 2, size="big")
+    with pytest.raises(TypeError, match="n must be an integer"):
+        data.load("mnist", 2.0)
+    with pytest.raises(TypeError, match="root must be a folder path"):
+        data.load("cifar10", root=3)
+
+
+def test_image_data_checks_its_fields():
+    x, y = torch.rand(2, 1, 4, 4), torch.tensor([0, 1])
+    assert len(data.ImageData(x, y, ("a", "b"), "toy", "random")) == 2
+    with pytest.raises(ValueError, match="labels must lie in"):
+        data.ImageData(x, y + 1, ("a", "b"), "toy", "random")
+    with pytest.raises(ValueError, match="NaN"):
+        data.ImageData(x * float("nan"), y, ("a", "b"), "toy", "random")
+    with pytest.raises(TypeError, match="int64"):
+        data.ImageData(x, y.float(), ("a", "b"), "toy", "random")
+    with pytest.raises(ValueError, match="4 axes"):
+        data.ImageData(x[:, 0], y, ("a", "b"), "toy", "random")
 
 
 def test_online_split_checked():

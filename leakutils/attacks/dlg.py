@@ -7,9 +7,16 @@ produces match the shared ones in squared L2 distance:
 
 With ``labels="idlg"`` the label is read off the output layer first (iDLG, Zhao et al. 2020)
 and only the input is optimised.
+
+An optimisation fixes no value by construction, so :func:`reconstruct` ends with the
+gradient-residual check (:func:`leakutils.attacks.residual.gradient_residual`): the batch
+is marked determined only when the images and labels it found reproduce the shared update
+within round-off (and the stated noise). Twenty L-BFGS steps rarely get there; a run that
+converges on a small network does.
 """
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -17,14 +24,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core import Reconstruction, Update
-from ._common import check_model_update
+from ..validate import check_choice, check_int, check_number, check_seed
+from ._common import check_model_update, layer_gradient
 from .labels import recover_labels
+from .residual import _check_noise, gradient_residual
 
-__all__ = ["reconstruct"]
+__all__ = ["reconstruct", "MAX_RELATIVE_TOLERANCE"]
+
+#: The gradient-residual check certifies only when its overall tolerance is below this
+#: fraction of the update's norm; above it the stated noise hides whether the batch found
+#: reproduces the update, and nothing is marked determined (as in the bias ratio).
+MAX_RELATIVE_TOLERANCE = 0.1
 
 
 def reconstruct(model: nn.Module, update: Update, *, iterations: int = 300, max_iter: int = 20,
-                labels: str = "optimize", seed: int = 0, lr: float = 1.0) -> Reconstruction:
+                labels: str = "optimize", seed: int = 0, lr: float = 1.0,
+                noise: float | None = None, tolerance_grad: float = 1e-7,
+                tolerance_change: float = 1e-9) -> Reconstruction:
     """Rebuild the client's batch by gradient matching with L-BFGS.
 
     Parameters
@@ -42,46 +58,72 @@ def reconstruct(model: nn.Module, update: Update, *, iterations: int = 300, max_
         ``"optimize"``: a dummy soft label is optimised with the input (DLG).
         ``"idlg"``: the labels recovered from the output layer are used (iDLG).
     seed : int
-        Seed of the dummy initialisation (standard normal, as in DLG).
+        Seed of the dummy initialisation (standard normal, as in DLG), in ``0..2**32 - 1``.
     lr : float
-        L-BFGS step size (DLG: 1).
+        L-BFGS step size, > 0 (DLG: 1).
+    noise : float, optional
+        Per-entry standard deviation of noise in the update (absolute, gradient units),
+        allowed for by the final gradient-residual check. Default: none (a clean update).
+    tolerance_grad, tolerance_change : float
+        L-BFGS's stopping tolerances (>= 0), PyTorch's defaults as in DLG's code. They are
+        absolute, on the squared gradient distance, so a step stops early once that distance
+        is small; 0 lets every step run its ``max_iter`` iterations, which a run that must
+        reach round-off (and pass the residual check) needs.
 
     Returns
     -------
     Reconstruction
         ``images`` float64 ``(M, *input_shape)`` (not clipped); ``labels`` the argmax of the
-        dummy label, or the iDLG labels; ``determined`` all False (an optimisation fixes no
-        value for certain); ``diagnostics``: ``steps``, ``evaluations``, ``gradient_distance``
-        (the best, and ``history`` per evaluation), ``seconds``, ``diverged`` (NaN met; the
-        best iterate is returned).
+        dummy label, or the iDLG labels; ``determined`` all True when the images and labels
+        pass the gradient-residual check (they reproduce the whole update within round-off
+        and noise: consistent, though not proved unique), all False otherwise.
+        ``diagnostics``: ``steps``, ``evaluations``, ``gradient_distance`` (the best, and
+        ``history`` per evaluation), ``seconds``, ``diverged`` (NaN met; the best iterate is
+        returned), ``consistent`` (the check's verdict), ``gradient_residual`` (the
+        :class:`~leakutils.attacks.residual.GradientResidual`, None when the check could not
+        run, with ``check_error`` saying why), ``check_relative_residual``,
+        ``check_relative_tolerance``.
 
     Raises
     ------
     TypeError
-        Wrong argument types.
+        ``model``/``update`` of the wrong type; ``iterations``, ``max_iter`` or ``seed`` not
+        integers; ``lr``, ``noise`` or the tolerances not numbers; ``labels`` not a string.
     ValueError
-        ``iterations < 1``, an unknown ``labels`` mode, an update without gradients for the
-        model's parameters, or (``"idlg"``) fewer recovered labels than samples.
+        ``iterations < 1``, ``max_iter < 1``, a seed outside ``0..2**32 - 1``, ``lr <= 0``,
+        negative noise or tolerances, an unknown ``labels`` mode, an update without gradients for the
+        model's parameters (or of other shapes, or not finite), a model that does not accept
+        the update's input shape or does not return ``(M, classes)`` logits, or
+        (``"idlg"``) fewer recovered labels than samples.
+
+    References
+    ----------
+    Zhu, Liu & Han, "Deep Leakage from Gradients", NeurIPS 2019; Zhao, Mopuri & Bilen,
+    "iDLG: Improved Deep Leakage from Gradients", arXiv 2001.02610, 2020.
     """
     check_model_update(model, update)
-    for name, value in (("iterations", iterations), ("max_iter", max_iter)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if labels not in ("optimize", "idlg"):
-        raise ValueError(f"labels must be 'optimize' (DLG) or 'idlg', got {labels!r}")
+    iterations = check_int("iterations", iterations, 1)
+    max_iter = check_int("max_iter", max_iter, 1)
+    labels = check_choice("labels", labels, ("optimize", "idlg"))
+    seed = check_seed("seed", seed)
+    lr = check_number("lr", lr, 0.0, lo_open=True)
+    tolerance_grad = check_number("tolerance_grad", tolerance_grad, 0.0)
+    tolerance_change = check_number("tolerance_change", tolerance_change, 0.0)
+    noise = _check_noise(noise)
     t0 = time.perf_counter()
     net = _float64_copy(model)
     params = [p for p in net.parameters() if p.requires_grad]
     names = [n for n, p in net.named_parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters, so the update holds nothing to match")
     missing = [n for n in names if n not in update.gradients]
     if missing:
         raise ValueError(f"the update has no gradients for {missing}; was it captured from this model?")
-    target = [update.gradients[n].detach().to(torch.float64) for n in names]
+    target = [layer_gradient(update, n, p) for n, p in zip(names, params)]
     M = update.batch_size
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn((M, *update.input_shape), generator=gen, dtype=torch.float64).requires_grad_(True)
-    with torch.no_grad():
-        classes = net(x).shape[-1]
+    classes = _num_classes(net, x)
     if labels == "idlg":
         found = recover_labels(model, update).labels
         if found.numel() < M:
@@ -91,7 +133,8 @@ def reconstruct(model: nn.Module, update: Update, *, iterations: int = 300, max_
     else:
         y_soft = torch.randn((M, classes), generator=gen, dtype=torch.float64).requires_grad_(True)
         variables = [x, y_soft]
-    opt = torch.optim.LBFGS(variables, lr=lr, max_iter=max_iter)
+    opt = torch.optim.LBFGS(variables, lr=lr, max_iter=max_iter, tolerance_grad=tolerance_grad,
+                            tolerance_change=tolerance_change)
     history: list[float] = []
     best = {"value": float("inf"), "x": x.detach().clone(), "y": None}
 
@@ -120,12 +163,42 @@ def reconstruct(model: nn.Module, update: Update, *, iterations: int = 300, max_
     diverged = any(v != v for v in history)
     y_out = best["y"] if best["y"] is not None else (y_fixed if labels == "idlg" else y_soft.detach().argmax(-1))
     images = best["x"]
-    return Reconstruction(images=images, labels=y_out.to(torch.int64),
-                          determined=torch.zeros_like(images, dtype=torch.bool),
-                          diagnostics={"steps": steps, "evaluations": len(history), "gradient_distance": best["value"],
-                                       "history": history, "diverged": diverged, "labels": labels,
-                                       "seconds": time.perf_counter() - t0},
-                          attack=f"dlg/{labels}")
+    y_out = y_out.to(torch.int64)
+    diagnostics = {"steps": steps, "evaluations": len(history), "gradient_distance": best["value"],
+                   "history": history, "diverged": diverged, "labels": labels}
+    diagnostics.update(_check(model, update, images, y_out, noise))
+    diagnostics["seconds"] = time.perf_counter() - t0
+    return Reconstruction(images=images, labels=y_out,
+                          determined=torch.full_like(images, diagnostics["consistent"], dtype=torch.bool),
+                          diagnostics=diagnostics, attack=f"dlg/{labels}")
+
+
+def _check(model: nn.Module, update: Update, images: torch.Tensor, y: torch.Tensor, noise: float) -> dict:
+    """The gradient-residual check of the batch found; its verdict and evidence as diagnostics."""
+    try:
+        check = gradient_residual(model, update, images, y, noise=noise)
+    except ValueError as err:
+        # e.g. BatchNorm in training mode, or non-finite images: nothing is certified
+        return {"consistent": False, "gradient_residual": None, "check_error": str(err),
+                "check_relative_residual": math.nan, "check_relative_tolerance": math.nan}
+    resolution = check.relative_tolerance
+    return {"consistent": bool(check.consistent and resolution <= MAX_RELATIVE_TOLERANCE),
+            "gradient_residual": check, "check_relative_residual": check.relative,
+            "check_relative_tolerance": resolution}
+
+
+def _num_classes(net: nn.Module, x: torch.Tensor) -> int:
+    """Number of logits of ``net`` on the dummy batch, with clear errors for a model that does not fit."""
+    try:
+        with torch.no_grad():
+            out = net(x)
+    except (RuntimeError, ValueError, IndexError) as err:
+        raise ValueError(f"the model does not accept inputs of the update's shape {tuple(x.shape[1:])}: "
+                         f"{err}") from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        raise ValueError("DLG matches a softmax cross-entropy update: the model must return logits of "
+                         "shape (M, classes)")
+    return int(out.shape[-1])
 
 
 def _float64_copy(model: nn.Module) -> nn.Module:

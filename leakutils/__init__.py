@@ -9,8 +9,15 @@ One data flow through every chapter::
     metrics.compare(reconstruction, x, y)           -> Scores (MSE, PSNR, SSIM, labels)
     plot.* / widgets.*                              -> figures and live panels
 
-Without gradients: ``inversion`` (Chapter 5, model inversion from output vectors),
-``metamodel`` and ``extraction`` (Chapter 6, a black box's weights from its outputs).
+Every gradient attack ends with the gradient-residual check
+(:func:`leakutils.attacks.residual.gradient_residual`): what it marks determined or recovered
+reproduces the shared update; what it is not sure of it reports, never returns as certain.
+
+Without gradients: ``inversion`` (Chapter 5, model inversion from output vectors; its parts
+in ``inversion_models``, ``inversion_features`` and ``output_defences``), ``metamodel`` and
+``extraction`` (Chapter 6, a black box's weights from its outputs; ``flatnets``,
+``blackbox`` and ``critical_points`` hold their parts). Shared input checks: ``validate``;
+numbers glued into a chapter's prose: ``book``.
 """
 from . import attacks, capture, data, metrics, models
 from .capture import client_update

@@ -5,6 +5,13 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest
 import torch
+from hypothesis import settings
+
+# The property tests replay the same examples on every run (CI included); set
+# HYPOTHESIS_PROFILE=explore to search new random examples.
+settings.register_profile("course", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", database=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "course"))
 
 from leakutils import data, models
 

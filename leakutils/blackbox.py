@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .validate import check_callable, check_int, check_number
+
 __all__ = ["QueryCounter", "as_oracle", "Guard", "check_output", "ExtractionError", "NotPiecewiseLinearError",
            "BudgetExceededError", "QUERY_BUDGET_PER_WEIGHT", "QUERY_BUDGET_BASE", "DEFAULT_MAX_SECONDS"]
 
@@ -130,6 +132,13 @@ class Guard:
     """
 
     def __init__(self, counter: QueryCounter, input_dim: int, max_queries: int, max_seconds: float, state):
+        if not isinstance(counter, QueryCounter):
+            raise TypeError(f"counter must be a QueryCounter (wrap the black box with QueryCounter(oracle)), "
+                            f"got {type(counter).__name__}")
+        input_dim = check_int("input_dim", input_dim, 1)
+        max_queries = check_int("max_queries", max_queries, 1)
+        max_seconds = check_number("max_seconds", max_seconds, 0.0, lo_open=True, finite=False)
+        check_callable("state", state, "taking no arguments and returning a str")
         self.counter, self.D, self.K = counter, input_dim, None
         self.start, self.t0 = counter.queries, time.perf_counter()
         self.max_queries, self.max_seconds, self.state = max_queries, max_seconds, state

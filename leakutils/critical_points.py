@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .blackbox import ExtractionError, NotPiecewiseLinearError
+from .validate import check_callable, check_int, check_number
 
 __all__ = ["search_line", "jacobian", "LINEAR_RTOL", "MIN_DEPTH", "SMOOTH_PROBE_STEP", "SMOOTH_PROBE_AT",
            "SMOOTH_RATIO_BAND", "NOISE_EPS", "DUPLICATE_ANGLE", "DUPLICATE_DISTANCE_RTOL", "RANK_ONE_RTOL"]
@@ -45,11 +46,47 @@ RANK_ONE_RTOL = 1e-6
 
 
 def jacobian(f, x: np.ndarray, h: float) -> np.ndarray:
-    """Forward-difference Jacobian ``(K, D)`` of ``f`` at ``x`` ``(D,)``: exact on a linear piece wider than ``h``."""
+    """Forward-difference Jacobian ``(K, D)`` of ``f`` at ``x`` ``(D,)``: exact on a linear piece wider than ``h``.
+
+    Parameters
+    ----------
+    f : callable
+        The black box (usually a :class:`leakutils.blackbox.Guard`): float64 ``(B, D)`` to ``(B, K)``.
+    x : numpy.ndarray
+        The point, float64 ``(D,)``, finite.
+    h : float
+        The step, a finite number > 0 (input units).
+
+    Raises
+    ------
+    TypeError
+        ``f`` not callable, ``x`` not a numpy array, ``h`` not a number.
+    ValueError
+        ``x`` not one-dimensional or not finite, ``h`` not positive.
+    """
+    check_callable("f", f, "mapping a float64 array (B, D) to logits (B, K)")
+    x = _check_point("x", x)
+    h = check_number("h", h, 0.0, lo_open=True)
     D = x.shape[0]
     pts = np.vstack([x, x + h * np.eye(D)])
     y = f(pts)
     return (y[1:] - y[0]).T / h
+
+
+def _check_point(name: str, value, dim: int | None = None) -> np.ndarray:
+    """A finite one-dimensional numpy array (of ``dim`` entries when given), as float64."""
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array of shape (D,), got {type(value).__name__}; "
+                        f"convert with np.asarray(...)")
+    if value.ndim != 1 or value.size == 0 or (dim is not None and value.shape[0] != dim):
+        want = f"({dim},)" if dim is not None else "(D,) with D >= 1"
+        raise ValueError(f"{name} must have shape {want}, got {value.shape}")
+    if not np.issubdtype(value.dtype, np.number) or np.iscomplexobj(value):
+        raise TypeError(f"{name} must be a real numpy array, got dtype {value.dtype}")
+    value = value.astype(np.float64, copy=False)
+    if not np.isfinite(value).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return value
 
 
 class _TooManyKinks(Exception):
@@ -140,15 +177,40 @@ def _known(w, bias, x, rows, biases) -> bool:
 def search_line(f, x0, d, span, hidden, delta, h, rows: list, biases: list, points: list) -> int:
     """Find the critical points on ``x0 + t d`` and append each new unit's row, bias and point.
 
+    Parameters
+    ----------
+    f : callable
+        The black box, a :class:`leakutils.blackbox.Guard` (its ``used`` count goes into messages).
+    x0, d : numpy.ndarray
+        A point and a direction, finite float64 ``(D,)``.
+    span : float
+        The line runs over ``t`` in ``[-span, span]``; a finite number > 0.
+    hidden : int
+        Number of hidden units assumed, >= 1.
+    delta, h : float
+        Offset of the Jacobian stencils beside a kink and their finite-difference step; > 0.
+    rows, biases, points : list
+        The units found so far (rows ``(D,)``, biases, points on their hyperplanes); appended to.
+
     Returns the number of critical points on the line.
 
     Raises
     ------
+    TypeError, ValueError
+        Arguments of the wrong kind or value (as above).
     NotPiecewiseLinearError
         The box bends everywhere on the line like a smooth function.
     ExtractionError
         More than ``hidden`` critical points on the line.
     """
+    check_callable("f", f, "mapping a float64 array (B, D) to logits (B, K)")
+    x0 = _check_point("x0", x0)
+    d = _check_point("d", d, x0.shape[0])
+    span, delta, h = (check_number(n, v, 0.0, lo_open=True) for n, v in (("span", span), ("delta", delta), ("h", h)))
+    hidden = check_int("hidden", hidden, 1)
+    for name, value in (("rows", rows), ("biases", biases), ("points", points)):
+        if not isinstance(value, list):
+            raise TypeError(f"{name} must be a list (the units found so far, appended to), got {type(value).__name__}")
     try:
         ts = np.array(_kinks(f, x0, d, -span, span, 1e-9 * span, hidden))
     except _TooManyKinks:

@@ -42,6 +42,7 @@ from torch import nn
 from .blackbox import (DEFAULT_MAX_SECONDS, QUERY_BUDGET_BASE, QUERY_BUDGET_PER_WEIGHT, BudgetExceededError,
                        ExtractionError, Guard, NotPiecewiseLinearError, QueryCounter, as_oracle, check_output)
 from .critical_points import LINEAR_RTOL, search_line
+from .validate import check_int, check_seed
 
 __all__ = ["QueryCounter", "Extracted", "extract", "align", "agreement", "as_oracle", "ExtractionError",
            "NotPiecewiseLinearError", "BudgetExceededError", "LINEAR_RTOL", "QUERY_BUDGET_PER_WEIGHT",
@@ -105,13 +106,6 @@ class Extracted:
         (N, D), K = self.W.shape, self.A.shape[0]
         flat = mm.flatten(*(torch.from_numpy(np.ascontiguousarray(v)) for v in (self.W, self.b, self.A, self.c)))
         return mm.to_model(flat, mm.Sizes(D, N, K), input_shape)
-
-
-def _positive_int(name: str, v, low: int = 1) -> int:
-    if isinstance(v, bool) or not isinstance(v, Integral) or v < low:
-        what = "a positive integer" if low == 1 else f"an integer >= {low}"
-        raise ValueError(f"{name} must be {what}, got {v!r}")
-    return int(v)
 
 
 def _positive_real(name: str, v) -> float:
@@ -205,7 +199,8 @@ def extract(oracle: Callable[[np.ndarray], np.ndarray], input_dim: int, hidden: 
     Raises
     ------
     TypeError
-        ``oracle`` is not callable.
+        ``oracle`` is not callable; a size, ``lines``, ``fit_queries``, ``max_queries`` or ``seed``
+        that is not an integer.
     ValueError
         Bad sizes or settings; the oracle fails on its first query (e.g. a wrong ``input_dim``).
     ExtractionError (a ValueError)
@@ -220,18 +215,18 @@ def extract(oracle: Callable[[np.ndarray], np.ndarray], input_dim: int, hidden: 
     """
     if not callable(oracle):
         raise TypeError(f"oracle must be a callable (B, D) -> (B, K), got {type(oracle).__name__}")
-    input_dim, hidden = _positive_int("input_dim", input_dim), _positive_int("hidden", hidden)
-    lines = _positive_int("lines", lines)
+    input_dim, hidden = check_int("input_dim", input_dim, 1), check_int("hidden", hidden, 1)
+    lines = check_int("lines", lines, 1)
     max_lines = 4 * lines if max_lines is None else max_lines
     if isinstance(max_lines, bool) or not isinstance(max_lines, Integral) or max_lines < lines:
         raise ValueError(f"need integers 1 <= lines <= max_lines, got lines={lines!r}, max_lines={max_lines!r}")
     scale, delta, h = _positive_real("scale", scale), _positive_real("delta", delta), _positive_real("h", h)
     span = 4.0 * np.sqrt(input_dim) * scale if span is None else _positive_real("span", span)
-    n_fit = 2 * (hidden + input_dim + 1) if fit_queries is None else _positive_int("fit_queries", fit_queries)
+    n_fit = 2 * (hidden + input_dim + 1) if fit_queries is None else check_int("fit_queries", fit_queries, 1)
     if max_queries is None:
         max_queries = QUERY_BUDGET_PER_WEIGHT * (hidden + 1) * (input_dim + 1) + QUERY_BUDGET_BASE
-    max_queries, max_seconds = _positive_int("max_queries", max_queries), _positive_real("max_seconds", max_seconds)
-    seed = _positive_int("seed", seed, low=0)
+    max_queries, max_seconds = check_int("max_queries", max_queries, 1), _positive_real("max_seconds", max_seconds)
+    seed = check_seed("seed", seed)
     counter = oracle if isinstance(oracle, QueryCounter) else QueryCounter(oracle)
     rng = np.random.default_rng(seed)
     rows, biases, points = [], [], []

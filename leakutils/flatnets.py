@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from . import models
+from .validate import check_int, check_seed, check_tensor
 
 __all__ = ["Sizes", "as_sizes", "unflatten", "flatten", "forward", "to_model", "init_population", "accuracy",
            "check_weights", "check_xy"]
@@ -34,7 +35,9 @@ class Sizes:
     def __post_init__(self):
         for name in ("D", "N", "K"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"{name} must be a positive integer, got {type(v).__name__} {v!r}")
+            if v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
 
     @property
@@ -116,13 +119,15 @@ def forward(flat: torch.Tensor, x: torch.Tensor, sizes) -> torch.Tensor:
     TypeError
         ``x`` not a tensor of ``flat``'s dtype.
     ValueError
-        ``flat`` not ``(P, n_params)`` finite; inputs without ``D`` features.
+        ``flat`` not ``(P, n_params)`` finite; ``x`` empty, with NaN or infinite entries, or
+        without ``D`` features.
     """
     s = as_sizes(sizes)
     W, b, A, c = unflatten(check_weights(flat, "flat", s).reshape(-1, s.n_params), s)
     if not isinstance(x, torch.Tensor) or x.dtype != flat.dtype:
         raise TypeError(f"x must be a torch.Tensor of the weights' dtype {flat.dtype}, got "
                         f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
+    check_tensor("x", x, min_ndim=2, shape="(B, D), (B, C, H, W) or (P, B, D)")
     if x.dim() != 3 or x.shape[0] != flat.shape[0]:
         x = x.reshape(x.shape[0], -1)
         if x.shape[1] != s.D:
@@ -171,9 +176,17 @@ def init_population(n_nets: int, sizes, seeds) -> torch.Tensor:
     -------
     torch.Tensor
         ``(n_nets, n_params)`` float32.
+
+    Raises
+    ------
+    TypeError
+        ``n_nets`` or a seed not an integer.
+    ValueError
+        ``n_nets < 1``, a seed outside ``0..2**32 - 1``, or not one seed per network.
     """
+    n_nets = check_int("n_nets", n_nets, 1)
     s = as_sizes(sizes)
-    seeds = list(seeds)
+    seeds = [check_seed(f"seeds[{i}]", sd) for i, sd in enumerate(seeds)]
     if len(seeds) != n_nets:
         raise ValueError(f"need one seed per network: {n_nets} networks, {len(seeds)} seeds")
     out = torch.empty(n_nets, s.n_params)

@@ -32,6 +32,7 @@ from .inversion_models import (PAPER_CHANNELS, PAPER_WIDTHS, Classifier, Inverse
                                check_training)
 from .inversion_features import class_averages, gradient_reconstruction, last_layer_activations, total_variation
 from .output_defences import check_vectors, kept_entries, kept_mask, round_outputs, top_k
+from .validate import check_int, check_seed
 
 __all__ = ["Classifier", "InverseTCNN", "PAPER_CHANNELS", "PAPER_WIDTHS", "COMBINATIONS", "SEED_RESULTS",
            "train_classifier", "accuracy", "outputs", "train_inverse", "invert", "class_averages",
@@ -300,11 +301,12 @@ def invert(inverse: InverseTCNN, feats: torch.Tensor, batch_size: int = 500) -> 
     TypeError
         ``inverse`` not an :class:`InverseTCNN`; ``feats`` not a tensor.
     ValueError
-        ``feats`` not a finite ``(N, inverse.in_features)`` float tensor.
+        ``feats`` not a finite ``(N, inverse.in_features)`` float tensor; ``batch_size < 1``.
     """
     if not isinstance(inverse, InverseTCNN):
         raise TypeError(f"inverse must be an InverseTCNN, got {type(inverse).__name__}")
     _check_features(feats)
+    batch_size = check_int("batch_size", batch_size, 1)
     inverse.eval()
     return torch.cat([inverse(feats[i:i + batch_size]) for i in range(0, feats.shape[0], batch_size)])
 
@@ -319,6 +321,7 @@ def disjoint_splits(n: int, sizes: dict, seed: int = 0) -> dict:
     sizes : dict[str, int]
         Name to size; the sizes may sum to at most ``n``.
     seed : int
+        ``0..2**32 - 1``.
 
     Returns
     -------
@@ -327,8 +330,10 @@ def disjoint_splits(n: int, sizes: dict, seed: int = 0) -> dict:
 
     Raises
     ------
+    TypeError
+        ``sizes`` not a dict; ``seed`` not an integer.
     ValueError
-        Sizes that are not positive or sum to more than ``n``.
+        Sizes that are not positive or sum to more than ``n``; a negative ``seed``.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
@@ -338,6 +343,7 @@ def disjoint_splits(n: int, sizes: dict, seed: int = 0) -> dict:
         raise ValueError(f"every size must be a positive integer, got {sizes}")
     if sum(sizes.values()) > n:
         raise ValueError(f"the sizes sum to {sum(sizes.values())}, more than the {n} items available")
+    seed = check_seed("seed", seed)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     out, start = {}, 0
     for name, size in sizes.items():

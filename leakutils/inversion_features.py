@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from .inversion_models import Classifier, check_images, check_labels
 from .output_defences import check_vectors, kept_mask
+from .validate import check_int
 
 __all__ = ["class_averages", "total_variation", "gradient_reconstruction", "last_layer_activations"]
 
@@ -90,7 +91,8 @@ def gradient_reconstruction(shadow: nn.Module, o: torch.Tensor, init: torch.Tens
     ------
     ValueError
         ``init`` outside [0, 1] or of another length than ``o``; non-finite ``o``; non-positive
-        settings; a kept set that cannot be read from ``o`` (see :func:`kept_entries`).
+        settings; ``k`` outside ``1..K``; a kept set that cannot be read from ``o`` (see
+        :func:`kept_entries`).
     """
     check_images(init, "init")
     o = check_vectors(o)
@@ -98,6 +100,7 @@ def gradient_reconstruction(shadow: nn.Module, o: torch.Tensor, init: torch.Tens
         raise ValueError("init and o must have the same length")
     if steps < 1 or lr <= 0 or clip <= 0 or l2 < 0 or tv < 0:
         raise ValueError("steps, lr and clip must be positive; l2 and tv non-negative")
+    batch_size = check_int("batch_size", batch_size, 1)
     shadow.eval()
     for p in shadow.parameters():
         p.requires_grad_(False)

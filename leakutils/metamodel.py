@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from .flatnets import (Sizes, accuracy, as_sizes, check_weights, check_xy, flatten, forward, init_population,
                        to_model, unflatten)
+from .validate import check_int
 
 __all__ = ["Sizes", "Population", "train_population", "init_population", "unflatten", "flatten", "forward",
            "to_model", "MetaModel", "train_metamodel", "aae", "aape", "accuracy", "accuracy_difference",
@@ -120,13 +121,14 @@ def train_population(n_nets: int, images, labels, queries, *, sizes=Sizes(), epo
 
     Raises
     ------
+    TypeError
+        Counts that are not integers.
     ValueError
         Non-positive counts, inputs of the wrong size, labels outside ``[0, K)``.
     """
     s = as_sizes(sizes)
-    for name, v in (("n_nets", n_nets), ("epochs", epochs), ("batch_size", batch_size)):
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    n_nets, epochs, batch_size = (check_int(name, v, 1) for name, v in
+                                  (("n_nets", n_nets), ("epochs", epochs), ("batch_size", batch_size)))
     x, y = check_xy(images, labels, s.D, "training images")
     if y.min() < 0 or y.max() >= s.K:
         raise ValueError(f"labels must lie in [0, {s.K}), got {int(y.min())}..{int(y.max())}")
@@ -179,9 +181,8 @@ class MetaModel(nn.Module):
 
     def __init__(self, sizes, n_queries: int, hidden: int = 256, latent: int = 64):
         super().__init__()
-        for name, v in (("n_queries", n_queries), ("hidden", hidden), ("latent", latent)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        n_queries, hidden, latent = (check_int(name, v, 1) for name, v in
+                                     (("n_queries", n_queries), ("hidden", hidden), ("latent", latent)))
         self.sizes = as_sizes(sizes)
         n_in = n_queries * self.sizes.K
         self.encoder = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, latent))
@@ -293,9 +294,7 @@ def train_metamodel(pop: Population, *, similarity: float = 0.0, detach_similari
         raise ValueError("a meta-model needs a population of at least 2 white-box networks")
     if similarity < 0:
         raise ValueError(f"similarity must be >= 0, got {similarity}")
-    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    epochs, batch_size = check_int("epochs", epochs, 1), check_int("batch_size", batch_size, 1)
     torch.manual_seed(seed)
     s = pop.sizes
     if align_targets:
@@ -444,8 +443,7 @@ def canonical_order(weights: torch.Tensor, sizes, rounds: int = 3) -> torch.Tens
         ``(P, n_params)``: the same networks (same functions), units reordered.
     """
     s = as_sizes(sizes)
-    if not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
+    rounds = check_int("rounds", rounds, 1)
     ref = weights[0]
     for _ in range(rounds):
         weights = align_units(weights, ref.expand_as(weights).contiguous(), s)

@@ -29,6 +29,7 @@ from scipy.optimize import linear_sum_assignment
 from skimage.metrics import structural_similarity
 
 from .core import Reconstruction
+from .validate import check_number
 
 __all__ = ["mse", "psnr", "ssim", "label_accuracy", "match", "compare", "Scores", "RANGE_MARGIN"]
 
@@ -60,9 +61,8 @@ def _pair(a, b, what: str = "images") -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _check_range(data_range: float) -> float:
-    if not isinstance(data_range, (int, float)) or not data_range > 0:
-        raise ValueError(f"data_range must be a positive number (1.0 for images in [0, 1]), got {data_range!r}")
-    return float(data_range)
+    """``data_range``: a finite real number > 0 (1.0 for images in [0, 1], 255 for 0..255)."""
+    return check_number("data_range", data_range, 0.0, lo_open=True)
 
 
 def _check_true_range(true: torch.Tensor, r: float) -> None:

@@ -12,15 +12,28 @@ from __future__ import annotations
 
 import torch
 
+from .validate import check_int
+
 __all__ = ["round_outputs", "top_k", "kept_entries", "kept_mask", "check_vectors"]
 
 
 def check_vectors(o, name: str = "o") -> torch.Tensor:
-    """Output vectors: a finite float tensor ``(N, K)`` or ``(K,)``; raises TypeError/ValueError."""
+    """Output vectors: a finite float tensor ``(N, K)`` or ``(K,)``.
+
+    Raises
+    ------
+    TypeError
+        Not a tensor, or not of a floating dtype.
+    ValueError
+        Not ``(N, K)`` or ``(K,)`` with ``K >= 1``; NaN or infinite entries.
+    """
     if not isinstance(o, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of output vectors (N, K), got {type(o).__name__}")
-    if o.ndim not in (1, 2) or o.shape[-1] < 1 or not o.is_floating_point():
-        raise ValueError(f"{name} must be a float tensor of output vectors (N, K), got {o.dtype} {tuple(o.shape)}")
+    if not o.is_floating_point():
+        raise TypeError(f"{name} must be a float tensor of output vectors (N, K), got {o.dtype}; "
+                        f"convert with .float() or .double()")
+    if o.ndim not in (1, 2) or o.shape[-1] < 1:
+        raise ValueError(f"{name} must be a float tensor of output vectors (N, K), got shape {tuple(o.shape)}")
     if not bool(torch.isfinite(o).all()):
         raise ValueError(f"{name} contains NaN or infinite values ({int((~torch.isfinite(o)).sum())} entries)")
     return o
@@ -70,14 +83,12 @@ def top_k(o: torch.Tensor, k: int, *, return_mask: bool = False):
     Raises
     ------
     TypeError
-        ``o`` is not a tensor.
+        ``o`` is not a float tensor; ``k`` not an integer.
     ValueError
         ``k`` outside ``1..K`` for vectors of length ``K``; non-finite ``o``.
     """
     o = check_vectors(o, "o")
-    K = o.shape[-1]
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= K:
-        raise ValueError(f"k must be an integer in 1..{K} for output vectors of length {K}, got {k!r}")
+    k = check_int("k", k, 1, o.shape[-1])
     keep = torch.zeros_like(o, dtype=torch.bool).scatter_(-1, o.topk(k, dim=-1).indices, True)
     out = torch.where(keep, o, torch.zeros_like(o))
     return (out, keep) if return_mask else out
@@ -106,8 +117,7 @@ def kept_entries(o: torch.Tensor, k: int) -> torch.Tensor:
         the vector; pass the mask from ``top_k(o, k, return_mask=True)`` instead.
     """
     o = check_vectors(o, "o")
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= o.shape[-1]:
-        raise ValueError(f"k must be an integer in 1..{o.shape[-1]}, got {k!r}")
+    k = check_int("k", k, 1, o.shape[-1])
     mask = o != 0
     bad = (mask.sum(-1) != k).nonzero().flatten()
     if bad.numel():
@@ -123,10 +133,15 @@ def kept_mask(o: torch.Tensor, k: int | None, kept: torch.Tensor | None) -> torc
 
     Raises
     ------
+    TypeError
+        ``k`` not an integer (or None).
     ValueError
-        A ``kept`` that is not a bool tensor of the shape of ``o``, marks another number of
+        ``k`` outside ``1..K``; a ``kept`` that is not a bool tensor of the shape of ``o``, marks another number of
         entries than ``k``, or none in a vector; a kept set that cannot be read from ``o``.
     """
+    o = check_vectors(o, "o")
+    if k is not None:
+        k = check_int("k", k, 1, o.shape[-1])
     if kept is not None:
         if not isinstance(kept, torch.Tensor) or kept.dtype != torch.bool or kept.shape != o.shape:
             raise ValueError(f"kept must be a bool tensor of the shape of o {tuple(o.shape)}, as top_k(o, k, "
@@ -136,6 +151,6 @@ def kept_mask(o: torch.Tensor, k: int | None, kept: torch.Tensor | None) -> torc
         if not bool(kept.any(-1).all()):
             raise ValueError("kept marks no entry in some vectors")
         return kept
-    if k is None or k >= o.shape[-1]:
+    if k is None or k == o.shape[-1]:
         return torch.ones_like(o, dtype=torch.bool)
     return kept_entries(o, k)

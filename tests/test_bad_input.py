@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 import leakutils
-from leakutils import (activations, blackbox, book, capture, core, data, extraction, flatnets,
+from leakutils import (activations, blackbox, book, capture, core, critical_points, data, extraction, flatnets,
                        inversion, inversion_models, metamodel, metrics, models, output_defences, plot, validate)
 from leakutils.attacks import bias_ratio, conv, dlg, exan, labels, residual
 from leakutils.widgets import activations as w_activations
@@ -312,7 +312,9 @@ CASES: list[Case] = [
     # ---- leakutils.metrics
     Case(metrics.mse, lambda: A(x(), x()[:1]), ValueError, "must have the same shape"),
     Case(metrics.mse, lambda: A(x(), x() * NAN), ValueError, "contain NaN or infinite values"),
-    Case(metrics.psnr, lambda: A(x(), x(), data_range=0), ValueError, "data_range must be a positive number"),
+    Case(metrics.psnr, lambda: A(x(), x(), data_range=0), ValueError, "data_range must be a number in (0, inf]"),
+    Case(metrics.psnr, lambda: A(x(), x(), data_range=float("inf")), ValueError, "data_range must be a finite number"),
+    Case(metrics.psnr, lambda: A(x(), x(), data_range=True), TypeError, "data_range must be a real number"),
     Case(metrics.psnr, lambda: A(x(), (x() * 255).to(torch.uint8)), TypeError, "mix an integer dtype"),
     Case(metrics.ssim, lambda: A(x()[:, 0], x()[:, 0]), ValueError, "ssim needs images of shape (B, C, H, W)"),
     Case(metrics.label_accuracy, lambda: A(torch.zeros(2, 2), torch.zeros(2, 2)), ValueError, "one-dimensional"),
@@ -364,7 +366,8 @@ CASES: list[Case] = [
     # ---- leakutils.attacks.conv (R-CONV, R-GAP and the equation builders)
     Case(conv.reconstruct, lambda: A(cnn(), cnn_update(), method="x"), ValueError, "method must be one of"),
     Case(conv.reconstruct, lambda: A(cnn(), cnn_update(), rtol=-1), ValueError, "rtol must be a number in (0, 1)"),
-    Case(conv.reconstruct, lambda: A(cnn(), cnn_update(), dense_limit=0), ValueError, "dense_limit must be a positive"),
+    Case(conv.reconstruct, lambda: A(cnn(), cnn_update(), dense_limit=0), ValueError,
+         "dense_limit must be an integer >= 1"),
     Case(conv.reconstruct, lambda: A(cnn(), cnn_update(), labels="yes"), TypeError, "labels must be True or False"),
     Case(conv.reconstruct, lambda: A(cnn(), cnn_update().map(lambda n, g: g * NAN)), ValueError, "contains NaN"),
     Case(conv.reconstruct, lambda: A(mlp(), update()), ValueError, "has no Conv2d layer"),
@@ -376,11 +379,15 @@ CASES: list[Case] = [
     Case(conv.gradient_matrix, lambda: A(nn.Conv2d(1, 2, 3), np.zeros((3, 3, 3)), (8, 8)), ValueError,
          "grad_out must have shape (F, O_h, O_w)"),
     Case(conv.forward_matrix, lambda: A("conv", (1, 8, 8)), TypeError, "conv must be an nn.Conv2d"),
-    Case(conv.check_forward_structure, lambda: A(cnn(), (1, 4, 4), upto="a"), ValueError,
-         "upto must be a non-negative integer"),
+    Case(conv.check_forward_structure, lambda: A(cnn(), (1, 4, 4), upto="a"), TypeError,
+         "upto must be an integer, got str"),
+    Case(conv.check_forward_structure, lambda: A(cnn(), (1, 4, 4), upto=-1), ValueError,
+         "upto must be an integer >= 0"),
     Case(conv.layer_tolerance, lambda: A("float64"), TypeError, "dtype must be a floating torch dtype"),
     Case(conv.equations.output_size, lambda: A(nn.Conv2d(1, 2, 3), (1, 1)), ValueError, "smaller than the layer's"),
-    Case(conv.equations.padding_count, lambda: A(nn.Conv2d(1, 2, 3), "ab"), ValueError,
+    Case(conv.equations.padding_count, lambda: A(nn.Conv2d(1, 2, 3), "ab"), TypeError,
+         "in_hw must be (height, width)"),
+    Case(conv.equations.padding_count, lambda: A(nn.Conv2d(1, 2, 3), (4, 4, 4)), ValueError,
          "in_hw must be (height, width)"),
 
     # ---- leakutils.attacks.exan (exclusively activated neurons)
@@ -405,14 +412,38 @@ CASES: list[Case] = [
     # ---- leakutils.blackbox, critical_points, extraction (Chapter 6)
     Case(blackbox.QueryCounter, lambda: A(3), TypeError, "the black box must be a callable"),
     Case(blackbox.as_oracle, lambda: A("model"), TypeError, "as_oracle wraps a torch.nn.Module"),
+    Case(blackbox.Guard, lambda: A("counter", 4, 10, 1.0, str), TypeError, "counter must be a QueryCounter"),
+    Case(blackbox.Guard, lambda: A(blackbox.QueryCounter(linear_box), 0, 10, 1.0, str), ValueError,
+         "input_dim must be an integer >= 1"),
+    Case(blackbox.Guard, lambda: A(blackbox.QueryCounter(linear_box), 4, 10, 0.0, str), ValueError,
+         "max_seconds must be a number in (0, inf]"),
+    Case(blackbox.Guard, lambda: A(blackbox.QueryCounter(linear_box), 4, 10, 1.0, "state"), TypeError,
+         "state must be a callable"),
+    Case(critical_points.jacobian, lambda: A("f", np.zeros(4), 1e-3), TypeError, "f must be a callable"),
+    Case(critical_points.jacobian, lambda: A(linear_box, np.zeros((2, 4)), 1e-3), ValueError,
+         "x must have shape (D,)"),
+    Case(critical_points.jacobian, lambda: A(linear_box, [0.0, 0.0], 1e-3), TypeError, "np.asarray"),
+    Case(critical_points.jacobian, lambda: A(linear_box, np.zeros(4), 0.0), ValueError, "h must be a number in (0"),
+    Case(critical_points.search_line, lambda: A("f", np.zeros(4), np.ones(4), 1.0, 2, 0.1, 1e-3, [], [], []),
+         TypeError, "f must be a callable"),
+    Case(critical_points.search_line, lambda: A(linear_box, np.zeros(4), np.ones(3), 1.0, 2, 0.1, 1e-3, [], [], []),
+         ValueError, "d must have shape (4,)"),
+    Case(critical_points.search_line,
+         lambda: A(linear_box, np.full(4, NAN), np.ones(4), 1.0, 2, 0.1, 1e-3, [], [], []), ValueError,
+         "x0 contains NaN"),
+    Case(critical_points.search_line, lambda: A(linear_box, np.zeros(4), np.ones(4), 1.0, 0, 0.1, 1e-3, [], [], []),
+         ValueError, "hidden must be an integer >= 1"),
+    Case(critical_points.search_line, lambda: A(linear_box, np.zeros(4), np.ones(4), 1.0, 2, 0.1, 1e-3, (), [], []),
+         TypeError, "rows must be a list"),
     Case(blackbox.check_output, lambda: A(np.zeros(3), 3, None), blackbox.ExtractionError, "must return a 2-D array"),
     Case(blackbox.check_output, lambda: A(np.full((1, 2), NAN), 1, None), blackbox.ExtractionError,
          "returned NaN in 1"),
     Case(extraction.extract, lambda: A(3, 4, 2), TypeError, "oracle must be a callable"),
-    Case(extraction.extract, lambda: A(linear_box, 0, 2), ValueError, "input_dim must be a positive integer"),
-    Case(extraction.extract, lambda: A(linear_box, 4, 0), ValueError, "hidden must be a positive integer"),
-    Case(extraction.extract, lambda: A(linear_box, 4, 2, lines=0), ValueError, "lines must be a positive integer"),
-    Case(extraction.extract, lambda: A(linear_box, 4, 2, seed=-1), ValueError, "seed must be an integer >= 0"),
+    Case(extraction.extract, lambda: A(linear_box, 0, 2), ValueError, "input_dim must be an integer >= 1"),
+    Case(extraction.extract, lambda: A(linear_box, 4, 0), ValueError, "hidden must be an integer >= 1"),
+    Case(extraction.extract, lambda: A(linear_box, 4, 2, lines=0), ValueError, "lines must be an integer >= 1"),
+    Case(extraction.extract, lambda: A(linear_box, 4, 2, seed=-1), ValueError,
+         "seed must be an integer in 0..4294967295"),
     Case(extraction.extract, lambda: A(lambda z: z.sum(1), 4, 2), blackbox.ExtractionError, "must return a 2-D array"),
     Case(extraction.extract, lambda: A(linear_box, 3, 2), ValueError, "Check input_dim"),
     Case(extraction.extract, lambda: A(lambda z: np.full((len(z), 2), NAN), 4, 2), blackbox.ExtractionError,
@@ -423,6 +454,7 @@ CASES: list[Case] = [
 
     # ---- leakutils.flatnets, metamodel (Chapter 6, the meta-model)
     Case(flatnets.Sizes, lambda: A(0, 3, 2), ValueError, "D must be a positive integer"),
+    Case(flatnets.Sizes, lambda: A(2.5), TypeError, "D must be a positive integer, got float"),
     Case(flatnets.as_sizes, lambda: A("x"), TypeError, "sizes must be a Sizes or a tuple"),
     Case(flatnets.unflatten, lambda: A([1.0], SIZES), TypeError, "flat must be a torch.Tensor"),
     Case(flatnets.unflatten, lambda: A(nets()[:, :3], SIZES), ValueError, "must have 23 entries"),
@@ -432,6 +464,11 @@ CASES: list[Case] = [
     Case(flatnets.to_model, lambda: A(nets(), SIZES), ValueError, "to_model takes one network"),
     Case(flatnets.to_model, lambda: A(nets()[0] * NAN, SIZES), ValueError, "contains NaN or infinite values"),
     Case(flatnets.init_population, lambda: A(2, SIZES, [0]), ValueError, "need one seed per network"),
+    Case(flatnets.init_population, lambda: A(0, SIZES, []), ValueError, "n_nets must be an integer >= 1"),
+    Case(flatnets.init_population, lambda: A(2.0, SIZES, [0, 1]), TypeError, "n_nets must be an integer"),
+    Case(flatnets.init_population, lambda: A(2, SIZES, [0, -1]), ValueError, "seeds[1] must be an integer in 0.."),
+    Case(flatnets.forward, lambda: A(nets(), torch.full((2, 4), NAN, dtype=nets().dtype), SIZES), ValueError,
+         "x contains NaN"),
     Case(flatnets.accuracy, lambda: A(nets(), torch.zeros(3, 4), torch.zeros(3), SIZES), TypeError,
          "labels must be integer class indices"),
     Case(flatnets.check_weights, lambda: A(nets() * NAN, "w", SIZES), ValueError, "w contains NaN"),
@@ -443,18 +480,18 @@ CASES: list[Case] = [
          lambda: A(nets(), nets()[:, :3], torch.zeros(3, 4), torch.zeros(3, dtype=torch.long), SIZES), ValueError,
          "must have 23 entries"),
     Case(metamodel.align_units, lambda: A(nets(), nets()[:, :3], SIZES), ValueError, "must have 23 entries"),
-    Case(metamodel.canonical_order, lambda: A(nets(), SIZES, rounds=0), ValueError, "rounds must be a positive"),
+    Case(metamodel.canonical_order, lambda: A(nets(), SIZES, rounds=0), ValueError, "rounds must be an integer >= 1"),
     Case(metamodel.scores,
          lambda: A(nets() * NAN, nets(), torch.zeros(3, 4, dtype=nets().dtype), torch.zeros(3, dtype=torch.long),
                    SIZES), ValueError, "contains NaN"),
     Case(metamodel.similarity_loss, lambda: A(nets(), torch.zeros(3), torch.zeros(3, 4), SIZES), ValueError,
          "outputs must be finite logits"),
-    Case(metamodel.MetaModel, lambda: A(SIZES, 0), ValueError, "n_queries must be a positive integer"),
+    Case(metamodel.MetaModel, lambda: A(SIZES, 0), ValueError, "n_queries must be an integer >= 1"),
     Case(metamodel.MetaModel, lambda: A("s", 3), TypeError, "sizes must be a Sizes or a tuple"),
     Case(metamodel.train_metamodel, lambda: A("pop"), TypeError, "pop must be a Population"),
     Case(metamodel.train_population,
          lambda: A(2, torch.rand(3, 4), torch.zeros(3, dtype=torch.long), torch.rand(2, 4), sizes=SIZES, epochs=0),
-         ValueError, "epochs must be a positive integer"),
+         ValueError, "epochs must be an integer >= 1"),
     Case(metamodel.train_population,
          lambda: A(2, torch.rand(3, 4), torch.tensor([0, 1, 5]), torch.rand(2, 4), sizes=SIZES), ValueError,
          "labels must lie in [0, 2)"),
@@ -479,6 +516,8 @@ CASES: list[Case] = [
          "inverse must be an InverseTCNN"),
     Case(inversion.invert, lambda: A(inversion.InverseTCNN(3), torch.zeros(4, 5)), ValueError,
          "this inverse model takes features of shape (B, 3)"),
+    Case(inversion.invert, lambda: A(inversion.InverseTCNN(3), torch.zeros(4, 3), batch_size=0), ValueError,
+         "batch_size must be an integer >= 1"),
     Case(inversion.class_averages, lambda: A(imgs8(), torch.zeros(4)), TypeError, "use labels.long()"),
     Case(inversion.class_averages, lambda: A(imgs8(), torch.zeros(4, dtype=torch.long), num_classes=0), ValueError,
          "num_classes must be a positive integer"),
@@ -486,12 +525,18 @@ CASES: list[Case] = [
          "init and o must have the same length"),
     Case(inversion.gradient_reconstruction, lambda: A(classifier(), torch.randn(2, 2), imgs8()[:2], steps=0),
          ValueError, "steps, lr and clip must be positive"),
+    Case(inversion.gradient_reconstruction, lambda: A(classifier(), torch.randn(2, 2), imgs8()[:2], k=9),
+         ValueError, "k must be an integer in 1..2"),
+    Case(inversion.gradient_reconstruction, lambda: A(classifier(), torch.randn(2, 2), imgs8()[:2], batch_size=0),
+         ValueError, "batch_size must be an integer >= 1"),
     Case(inversion.last_layer_activations, lambda: A(classifier(), torch.full((2, 2), NAN)), ValueError,
          "o contains NaN"),
     Case(inversion.last_layer_activations, lambda: A(classifier(), torch.randn(2, 2), k=0), ValueError,
          "k must be an integer in 1..2"),
     Case(inversion.disjoint_splits, lambda: A(10, {"a": 20}), ValueError, "more than the 10 items available"),
     Case(inversion.disjoint_splits, lambda: A(0, {"a": 2}), ValueError, "n must be a positive integer"),
+    Case(inversion.disjoint_splits, lambda: A(10, {"a": 2}, seed=-1), ValueError,
+         "seed must be an integer in 0..4294967295"),
     Case(inversion.features, lambda: A({}, "zzz"), ValueError, "combination must be one of"),
     Case(inversion.FeatureScaler, lambda: A("parts"), TypeError, "parts must be a dict"),
     Case(inversion.FeatureScaler, lambda: A({"O": torch.full((3, 2), NAN)}), ValueError, "must be a finite float"),
@@ -512,8 +557,11 @@ CASES: list[Case] = [
     Case(output_defences.top_k, lambda: A(vectors(), 0), ValueError, "k must be an integer in 1..5"),
     Case(output_defences.kept_entries, lambda: A(vectors(), 9), ValueError, "k must be an integer in 1..5"),
     Case(output_defences.kept_mask, lambda: A(vectors(), 2, torch.ones(3, 5)), ValueError, "kept must be a bool"),
-    Case(output_defences.check_vectors, lambda: A(torch.ones(3, 5, dtype=torch.int64)), ValueError,
+    Case(output_defences.check_vectors, lambda: A(torch.ones(3, 5, dtype=torch.int64)), TypeError,
          "o must be a float tensor"),
+    Case(output_defences.check_vectors, lambda: A(torch.ones(2, 3, 5)), ValueError, "got shape (2, 3, 5)"),
+    Case(output_defences.top_k, lambda: A(vectors(), 2.0), TypeError, "k must be an integer, got float"),
+    Case(output_defences.kept_mask, lambda: A(vectors(), 9, None), ValueError, "k must be an integer in 1..5"),
 
     # ---- leakutils.widgets (demo functions and panels; the panels validate before building widgets)
     Case(panel.check_int, lambda: A("width", 1.5, 1), TypeError, "width must be an integer"),
@@ -580,19 +628,7 @@ EXEMPT: dict[str, str] = {
 #: Public callables that do not yet refuse bad input clearly, by qualified name, with the
 #: bad input and what happens. Each is a gap reported to the module's owner; when it is
 #: closed, its case moves to ``CASES`` and its entry leaves this dict.
-UNVALIDATED: dict[str, str] = {
-    "leakutils.blackbox.Guard": "Guard('counter', 4, 10, 1.0, state)(x): raw AttributeError "
-                                "\"'str' object has no attribute 'queries'\"",
-    "leakutils.critical_points.jacobian": "jacobian('f', x, h): raw TypeError \"'str' object is not callable\"",
-    "leakutils.critical_points.search_line": "search_line('f', ...): raw TypeError \"'str' object is not callable\"",
-    "leakutils.attacks.conv.rgap.solve_rgap_layer": "solve_rgap_layer(None, ...): raw TypeError "
-                                                    "\"cannot unpack non-iterable NoneType object\"",
-    "leakutils.attacks.conv.rgap.stacked_system": "stacked_system(None, None, None, None, 1, 4): no error",
-    "leakutils.attacks.conv.solve.solve_layer": "solve_layer(None, ...): raw TypeError "
-                                                "\"'NoneType' object is not callable\"",
-    "leakutils.attacks.conv.solve.product_tolerance": "product_tolerance(-1, (2, 2), 1, 1, 1): no error "
-                                                      "(a negative tolerance)",
-}
+UNVALIDATED: dict[str, str] = {}
 
 
 def test_the_checks_return_what_they_accepted():

@@ -57,7 +57,7 @@ def test_mismatched_architecture_raises_clearly():
     deep = models.MLP(20, (8, 8), dtype=torch.float64)
     with pytest.raises(ValueError, match="one-hidden-layer"):
         ex.extract(ex.as_oracle(deep), 20, 16, lines=4)
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="input_dim must be an integer >= 1"):
         ex.extract(ex.as_oracle(net), 0, 8)
     with pytest.raises(ValueError, match="max_lines"):
         ex.extract(ex.as_oracle(net), 20, 8, lines=4, max_lines=2)
@@ -143,8 +143,8 @@ BAD_EXTRACT = [
     (lambda X: np.full((len(X), 3), np.inf), {}, ex.ExtractionError, "infinite"),
     ("not callable", {}, TypeError, "callable"),
     (None, {"input_dim": 7}, ValueError, "input_dim"),
-    (None, {"hidden": 0}, ValueError, "hidden must be a positive integer"),
-    (None, {"lines": 2.5}, ValueError, "lines"),
+    (None, {"hidden": 0}, ValueError, "hidden must be an integer >= 1"),
+    (None, {"lines": 2.5}, TypeError, "lines must be an integer"),
     (None, {"span": -1.0}, ValueError, "span"),
     (None, {"scale": float("nan")}, ValueError, "scale"),
     (None, {"delta": 0}, ValueError, "delta"),

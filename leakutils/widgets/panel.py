@@ -13,7 +13,6 @@ arguments, so that a bad value raises a clear error in a plain cell.
 """
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Sequence
@@ -21,6 +20,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .. import data, models
+# the shared checks of leakutils.validate, re-exported for the demos
+from ..validate import check_bool, check_choice, check_int
 
 __all__ = ["DEMO_DATASETS", "DEMO_ACTIVATIONS", "MAX_BATCH", "MAX_WIDTH", "MAX_SEED", "Slider", "Choice", "Toggle",
            "require_ipywidgets", "build_panel", "dataset", "relu_mlp", "check_int", "check_choice",
@@ -190,50 +191,6 @@ def relu_mlp(shape: tuple, width: int, num_classes: int, seed: int) -> models.ML
 
 
 # --------------------------------------------------------------------------- argument checks
-
-
-def check_int(name: str, value, lo: int, hi: int | None = None) -> int:
-    """Return ``value`` as an int after checking it is an integer (not a bool) in ``lo..hi``.
-
-    Raises
-    ------
-    TypeError
-        Not an integer (floats and bools included).
-    ValueError
-        Outside ``lo..hi`` (``hi = None``: no upper bound).
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
-    value = int(value)
-    if value < lo or (hi is not None and value > hi):
-        span = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be an integer in {span}, got {value}")
-    return value
-
-
-def check_choice(name: str, value, options) -> str:
-    """Check that ``value`` is one of the strings ``options``.
-
-    Raises
-    ------
-    TypeError
-        Not a string.
-    ValueError
-        Not among ``options`` (the message lists them).
-    """
-    shown = tuple(options)
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a string, one of {shown}, got {type(value).__name__}")
-    if value not in shown:
-        raise ValueError(f"{name} must be one of {shown}, got {value!r}")
-    return value
-
-
-def check_bool(name: str, value) -> bool:
-    """Check that ``value`` is a bool; raise TypeError otherwise."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
-    return value
 
 
 def check_batch(name: str, start, batch_size, ds: data.ImageData, dataset_name: str) -> tuple[int, int]:

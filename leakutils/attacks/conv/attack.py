@@ -10,6 +10,7 @@ from torch import nn
 
 from ... import activations as acts
 from ...core import Reconstruction, Update
+from ...validate import check_int
 from .._common import check_model_update, check_rtol, layer_gradient
 from ..bias_ratio import reconstruct as bias_ratio_reconstruct
 from ..labels import recover_labels
@@ -129,8 +130,7 @@ def reconstruct(model: nn.Module, update: Update, *, method: str = "rconv", rtol
     rtol = check_rtol(rtol)
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if isinstance(dense_limit, bool) or not isinstance(dense_limit, int) or dense_limit < 1:
-        raise ValueError(f"dense_limit must be a positive integer (e.g. 4096), got {dense_limit!r}")
+    dense_limit = check_int("dense_limit", dense_limit, 1)
     if not isinstance(labels, bool):
         raise TypeError(f"labels must be True or False, got {type(labels).__name__}")
     if update.batch_size != 1:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ... import activations as acts
+from ...validate import check_seed
 from .._common import check_rtol
 from . import solve as S
 from .equations import forward_matrix, gradient_matrix, output_size
@@ -58,10 +59,7 @@ def count_constraints(conv: nn.Conv2d, input_shape, activation: nn.Module | None
         raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
     act = activation if activation is not None else nn.Identity()
     acts.rule_for(act)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
-    if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
+    seed = check_seed("seed", seed)
     rtol = check_rtol(rtol)
     try:
         C, H, W = (int(s) for s in input_shape)

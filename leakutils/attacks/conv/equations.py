@@ -12,6 +12,8 @@ Padding pixels are known zeros and get no column. References: Eltaras et al. 202
 """
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -30,10 +32,17 @@ def _check_conv(conv) -> None:
 
 
 def _check_hw(in_hw, name: str = "in_hw") -> tuple[int, int]:
-    try:
-        H, W = (int(s) for s in in_hw)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be (height, width) as two integers, got {in_hw!r}") from None
+    """``(H, W)``: two positive integers (Python, NumPy or integer-tensor scalars).
+
+    TypeError for anything else (a string, floats, a scalar); ValueError for a wrong count or
+    a size below 1.
+    """
+    if isinstance(in_hw, (str, bytes)) or not hasattr(in_hw, "__len__") or \
+            any(isinstance(s, bool) or not hasattr(s, "__index__") for s in in_hw):
+        raise TypeError(f"{name} must be (height, width) as two integers, got {in_hw!r}")
+    if len(in_hw) != 2:
+        raise ValueError(f"{name} must be (height, width) as two integers, got {in_hw!r}")
+    H, W = (operator.index(s) for s in in_hw)
     if H < 1 or W < 1:
         raise ValueError(f"{name} must be positive, got {in_hw!r}")
     return H, W

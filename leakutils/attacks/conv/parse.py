@@ -15,6 +15,7 @@ from torch import nn
 
 from ... import activations as acts
 from .._common import trace_leaves
+from ...validate import check_int, check_seed
 
 __all__ = ["ConvLayer", "parse_cnn", "check_forward_structure", "STRUCTURE_RTOL"]
 
@@ -169,9 +170,9 @@ def check_forward_structure(model: nn.Module, input_shape, *, upto: int | None =
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     input_shape = _check_shape(input_shape)
-    for name, value in (("upto", upto), ("seed", seed)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    if upto is not None:
+        upto = check_int("upto", upto, 0)
+    seed = check_seed("seed", seed)
     if next(model.parameters(), None) is None:
         raise ValueError("the model has no parameters")
     calls: list = []

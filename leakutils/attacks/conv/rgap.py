@@ -37,7 +37,7 @@ import scipy.sparse as sp
 from . import solve as S
 from .equations import padding_count
 
-__all__ = ["solve_rgap_layer", "stacked_system"]
+__all__: list[str] = []
 
 
 def stacked_system(A_g: np.ndarray | None, B: np.ndarray | None, Fw, r, C: int, n: int):

@@ -28,7 +28,7 @@ import scipy.linalg
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-__all__ = ["DEFAULT_RTOL", "MAX_CONDITION", "FREE_TOL", "NULLSPACE_ROUNDOFF", "solve_layer", "product_tolerance"]
+__all__ = ["DEFAULT_RTOL", "MAX_CONDITION", "FREE_TOL", "NULLSPACE_ROUNDOFF"]
 
 #: Default relative rank tolerance for a matrix built from the data.
 DEFAULT_RTOL = 1e-10

@@ -291,3 +291,14 @@ BAD_INPUTS = [
 def test_every_widget_function_refuses_bad_input(call, error, match, lab, digits32):
     with pytest.raises(error, match=match):
         call(lab, digits32)
+
+
+def test_exan_demo_two_logit_lfw_is_refused_and_ten_logits_are_exact():
+    """LFW's own head has 2 logits: the attack refuses (nothing rebuilt); a 10-logit head works."""
+    two = widgets.exan_demo(dataset="lfw")
+    assert two.reconstruction is None and two.num_classes == 2
+    assert two.refused is not None and "2 logits" in two.refused
+    assert not two.exact.any()
+    ten = widgets.exan_demo(dataset="lfw", num_classes=10)
+    assert ten.refused is None and ten.num_classes == 10
+    assert ten.fraction_exact == 1

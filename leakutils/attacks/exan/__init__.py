@@ -20,6 +20,8 @@ The package, one concern per module:
 - :mod:`.noise`: the noise level estimated from the update and every tolerance, named;
 - :mod:`.grouping`: B.1's links, components and cliques, :func:`group_exans`,
   :func:`loss_vector_ratios`;
+- :mod:`.linking`: the connected groups of linked unit vectors without the ``n x n`` matrix
+  (random-projection splits, a clique test, chunked pairs);
 - :mod:`.analysis`: B.1-B.3 (samples, labels, activation patterns downwards);
 - :mod:`.inputs`: inputs per sample (bias ratio, pseudo-inverse, :data:`SCALES`);
 - :mod:`.peeling`: one pass, duplicates merged, the batch size and multiplicities from the

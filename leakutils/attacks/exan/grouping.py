@@ -4,21 +4,18 @@ Vectors are compared as unit vectors (nothing is divided by a gradient entry): t
 *linked* when their unit vectors lie within a tolerance of each other, where the tolerance
 is the grouping ``rtol`` (rounding) plus, per unit, the noise-to-signal ratio of its vector
 (see :mod:`.noise`). A group is a connected set of linked units that is also a clique (all
-pairs linked), so a chain of near-misses never becomes one sample.
+pairs linked), so a chain of near-misses never becomes one sample. Groups are found without
+the ``n x n`` matrix of pairs (:mod:`.linking`).
 """
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 import torch
-from scipy.sparse.csgraph import connected_components
 
 from .._common import check_rtol
+from .linking import COS_RESOLUTION, link_block  # COS_RESOLUTION: part of this module's API
+from .linking import components as _components
 from .noise import LINK_Z, MAX_UNIT_NSR
-
-#: Smallest distance the ``2 - 2 cos`` formula resolves in float64 (``sqrt(4 eps)`` ~ 3e-8, with
-#: margin): below it, candidate pairs are measured directly.
-COS_RESOLUTION = 1e-7
 
 
 def unit_rows(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,31 +24,30 @@ def unit_rows(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return v / torch.where(n > 0, n, torch.ones_like(n))[:, None], n
 
 
+def _tol(u: torch.Tensor, rtol: float, spread: torch.Tensor | None) -> torch.Tensor:
+    return torch.full((u.shape[0],), rtol / 2, dtype=u.dtype) if spread is None else rtol / 2 + spread
+
+
 def links(u: torch.Tensor, rtol: float, *, signed: bool, spread: torch.Tensor | None = None) -> np.ndarray:
     """Boolean matrix: unit rows ``i, j`` within ``rtol + spread_i + spread_j`` (up to sign unless ``signed``).
 
     Distances come from ``||u_i - u_j||^2 = 2 - 2 cos`` (one matrix product), which resolves them
     only down to ``COS_RESOLUTION``: closer pairs are linked whatever the tolerance (the
-    whole-update check, not the grouping, decides what is recovered).
+    whole-update check, not the grouping, decides what is recovered). Memory ``n^2``: for
+    small sets (teaching, tests); :func:`components` never forms this matrix.
     """
-    cos = u @ u.T
-    if not signed:
-        cos = cos.abs()
-    tol = torch.full((u.shape[0],), rtol / 2, dtype=u.dtype) if spread is None else rtol / 2 + spread
-    lim = torch.clamp(tol[:, None] + tol[None, :], min=COS_RESOLUTION)
-    return (2.0 - 2.0 * cos <= lim * lim).numpy()
+    tol = _tol(u, rtol, spread)
+    return link_block(u, u, tol, tol, signed).numpy()
 
 
 def components(u: torch.Tensor, rtol: float, *, signed: bool,
                spread: torch.Tensor | None = None) -> list[tuple[np.ndarray, bool]]:
-    """Connected groups of linked rows of ``u``, each with whether it is a clique."""
-    link = links(u, rtol, signed=signed, spread=spread)
-    n_comp, comp = connected_components(sp.csr_matrix(link), directed=False)
-    out = []
-    for c in range(n_comp):
-        members = np.flatnonzero(comp == c)
-        out.append((members, bool(link[np.ix_(members, members)].all())))
-    return out
+    """Connected groups of linked rows of ``u``, each with whether it is a clique.
+
+    The same groups as :func:`links` would give, in memory linear in the rows and near-linear
+    time when the rows form tight clusters (:mod:`.linking`).
+    """
+    return _components(u.to(torch.float64), _tol(u, rtol, spread).to(torch.float64), signed=signed)
 
 
 def cliques(u: torch.Tensor, rtol: float, *, signed: bool, min_size: int,

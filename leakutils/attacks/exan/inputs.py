@@ -41,6 +41,11 @@ PINV_RESIDUAL_PER_RTOL = 100.0
 #: (a relative variance of 1e-24 is float64 rounding of the logits squared).
 SOFTMAX_SPREAD_MIN = 1e-24
 
+#: The smoothing fit's two columns ``p - onehot(y)`` and ``onehot(y) - 1/K`` are parallel when
+#: ``p`` is uniform over the other classes; beyond this condition number (float64 loses ~8 of
+#: its 16 digits in the normal equations) the reading gets an infinite standard error.
+SMOOTHING_COND_MAX = 1e8
+
 #: A rebuilt input must reproduce its own loss-vector direction (run forward) within this many
 #: grouping tolerances, plus the noise of the direction: a blend of two samples does not.
 LOSS_CHECK_PER_RTOL = 10.0
@@ -59,8 +64,36 @@ def bias_ratio_inputs(g: Grads, samples, sets, X, rebuilt, rtol: float, sigma0: 
         X[m] = (w @ R) / ww
         rebuilt[m] = True
         s.status, s.method, s.reason = "recovered", "bias ratio", ""
-        err = sigma0 * math.sqrt(1.0 + float((X[m] * X[m]).mean())) / math.sqrt(ww)
-        s.noise_psnr = None if err <= 0 else -20.0 * math.log10(err)
+        s.noise_psnr = noise_psnr_of(R, w, X[m], sigma0)
+
+
+def noise_psnr_of(R, w, x, sigma0: float) -> float | None:
+    """PSNR (dB, range 1) the noise allows for the bias-ratio input ``x = w R / ||w||^2``.
+
+    ``R`` ``(n, D)`` and ``w`` ``(n,)``: the group's first-layer rows and bias gradients;
+    ``sigma0`` the estimated noise per entry. ``-20 log10(s sqrt(1 + mean x^2) / ||w||)`` with
+    ``s`` from :func:`_rows_noise`; None when that error is zero.
+    """
+    ww = float(w @ w)
+    if not ww > 0:
+        return None
+    err = _rows_noise(R, w, x, sigma0) * math.sqrt(1.0 + float((x * x).mean())) / math.sqrt(ww)
+    return None if err <= 0 else -20.0 * math.log10(err)
+
+
+def _rows_noise(R, w, x, sigma0: float) -> float:
+    """Noise per entry of a group's first-layer rows: the estimate ``sigma0``, or more.
+
+    With ``n >= 2`` ExANs the rows must be ``w_j x`` (rank one): their scatter around that fit,
+    ``||R - w x^T|| / sqrt((n - 1) D)``, measures the noise actually present (noise scaled up for
+    this layer, or a unit shared with another sample, which a loose ``rtol`` lets in). The
+    larger of the two is used, so the noise PSNR does not claim more than the rows show.
+    """
+    n, D = R.shape
+    if n < 2:
+        return sigma0
+    scatter = float(torch.linalg.vector_norm(R - w[:, None] * x[None, :])) / math.sqrt((n - 1) * D)
+    return max(sigma0, scatter)
 
 
 def _errors(W, patterns_m, direction, H):
@@ -210,13 +243,17 @@ def _direction_error(g: Grads, x, label, direction) -> float:
     return float(torch.linalg.vector_norm(unit_rows(loss_vectors(z, label))[0][0] - direction))
 
 
-def smoothing_fit(g: Grads, samples, X, rebuilt) -> list:
-    """Per rebuilt sample, ``eps_s`` of the fit ``d ~ a (p - onehot(y)) + a eps_s (onehot(y) - 1/K)``.
+def smoothing_fit(g: Grads, samples, X, rebuilt, sets=None, sigma_out: float = 0.0) -> list:
+    """Per rebuilt sample, ``(eps_s, se)`` of the fit ``d ~ a (p - onehot(y)) + a eps_s (onehot(y) - 1/K)``.
 
     ``d`` is the sample's loss direction read off the update and ``p`` the softmax of its rebuilt
-    input run forward. Plain cross-entropy gives ``eps_s = 0`` (up to rounding and noise);
-    label smoothing ``eps`` gives ``eps_s = eps``. Must run before :func:`loss_check`, which
-    rejects such samples.
+    input run forward. Plain cross-entropy gives ``eps_s = 0`` up to rounding and noise; label
+    smoothing ``eps`` gives ``eps_s = eps``. ``se`` is the reading's standard error: the
+    least-squares covariance of ``(a, a eps_s)`` (delta method for the ratio) with a per-entry
+    error of ``d`` that is the larger of the noise carried by the ExAN columns
+    (``sigma_out sqrt(n) / ||sum of the n columns||``, ``sets`` giving the units) and the fit's
+    own residual (``||r|| / sqrt(K - 2)``, which also holds the error of ``p`` from an inexact
+    input). Must run before :func:`loss_check`, which rejects such samples.
     """
     idx = [m for m in torch.nonzero(rebuilt).flatten().tolist() if samples[m].status == "recovered"]
     if not idx:
@@ -224,13 +261,37 @@ def smoothing_fit(g: Grads, samples, X, rebuilt) -> list:
     _, z = head_forward(g, X[idx])
     p = torch.softmax(z, 1)
     K = p.shape[1]
+    T = len(g.W) - 2
     out = []
     for k, m in enumerate(idx):
         y = samples[m].label
         e = torch.zeros(K, dtype=torch.float64)
         e[y] = 1.0
         A = torch.stack([p[k] - e, e - 1.0 / K], 1)
-        coef = torch.linalg.lstsq(A, samples[m].loss_direction[:, None]).solution[:, 0]
-        if float(coef[0]) > 0:
-            out.append(float(coef[1] / coef[0]))
+        d = samples[m].loss_direction.to(torch.float64)
+        coef = torch.linalg.lstsq(A, d[:, None]).solution[:, 0]
+        a, b = float(coef[0]), float(coef[1])
+        if not a > 0:
+            continue
+        out.append((b / a, _smoothing_se(A, d, coef, g, sets, m, T, sigma_out)))
     return out
+
+
+def _smoothing_se(A, d, coef, g: Grads, sets, m: int, T: int, sigma_out: float) -> float:
+    """Standard error of ``eps_s = coef[1] / coef[0]`` (see :func:`smoothing_fit`)."""
+    K = A.shape[0]
+    resid = float(torch.linalg.vector_norm(A @ coef - d))
+    s_d = resid / math.sqrt(K - 2) if K > 2 else 0.0
+    if sets is not None and sigma_out > 0 and T in sets[m] and sets[m][T].numel():
+        units = sets[m][T]
+        total = float(torch.linalg.vector_norm(g.out[:, units].sum(1)))
+        if total > 0:
+            s_d = max(s_d, sigma_out * math.sqrt(units.numel()) / total)
+    AtA = A.T @ A
+    if not float(torch.linalg.cond(A)) < SMOOTHING_COND_MAX:
+        return math.inf  # p - onehot and onehot - 1/K (nearly) parallel: the reading is undetermined
+    cov = torch.linalg.inv(AtA) * s_d ** 2
+    a, b = float(coef[0]), float(coef[1])
+    r = b / a
+    var = (float(cov[1, 1]) + r * r * float(cov[0, 0]) - 2 * r * float(cov[0, 1])) / (a * a)
+    return math.sqrt(max(var, 0.0))

@@ -82,6 +82,12 @@ SEEN_RTOL = 1e-6
 #: common setting is 0.05; 1e-3 sits far above what rounding produces).
 SMOOTHING_MIN = 1e-3
 
+#: ... and significant against the noise: the reading (inverse-variance mean over the rebuilt
+#: samples) must exceed this many of its own standard errors, the error of each sample's reading
+#: following from the noise estimate and the fit's residual (:func:`.inputs.smoothing_fit`).
+#: Noise alone reads as a Gaussian deviation; beyond 6 sigma has probability ~2e-9.
+SMOOTHING_Z = 6.0
+
 #: Relative column-sum threshold beyond which the loss is not softmax cross-entropy at all
 #: (MSE on one-hot targets gives order-one sums; noise of 1e-2 relative gives ~1e-4 in total).
 CROSS_ENTROPY_SUM_RTOL = 1e-3

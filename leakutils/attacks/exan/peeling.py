@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .analysis import Analysis, Options, b1, b3, explained
-from .inputs import bias_ratio_inputs, loss_check, pseudo_inverse, smoothing_fit
+from .inputs import bias_ratio_inputs, loss_check, noise_psnr_of, pseudo_inverse, smoothing_fit
 from .model import Grads, Net, head_forward, head_gradients, loss_vectors
 from .noise import CHECK_Z, M_INTEGER_RTOL, RTOL_PER_EPS, SAME_INPUT_Z
 
@@ -48,7 +48,7 @@ def analyse(net: Net, model, g: Grads, opts: Options, sigma: list) -> Analysis:
     if todo:
         ctx = {"samples": samples, "patterns": patterns, "complete": complete, "X": X, "rebuilt": rebuilt}
         pinv_info = pseudo_inverse(net, model, g, ctx, todo, opts, sigma[0])
-    smoothing = smoothing_fit(g, samples, X, rebuilt)
+    smoothing = smoothing_fit(g, samples, X, rebuilt, sets, sigma[H])
     loss_check(g, samples, X, rebuilt, opts.rtol, sigma[H])
     return Analysis(samples=samples, X=X, rebuilt=rebuilt, sets=sets, live=live,
                     grouped=int(sum(grp.numel() for grp in groups)), n_paper=n_paper, complete=complete,
@@ -67,7 +67,7 @@ def merge_duplicates(net: Net, g: Grads, an: Analysis, sigma0: float, eps: float
             if k in drop or an.samples[k].label != an.samples[m].label:
                 continue
             if same_input(an.X[m], an.X[k], an.samples[m], an.samples[k], sigma0, eps):
-                _absorb(net, g, an, m, k)
+                _absorb(net, g, an, m, k, sigma0)
                 drop.add(k)
                 merges += 1
     if drop:
@@ -92,8 +92,13 @@ def same_input(x1, x2, s1, s2, sigma0, eps) -> bool:
     return d <= allowed
 
 
-def _absorb(net: Net, g: Grads, an: Analysis, m: int, k: int) -> None:
-    """Sample k is sample m: unite their ExAN sets and rebuild m from all of them."""
+def _absorb(net: Net, g: Grads, an: Analysis, m: int, k: int, sigma0: float) -> None:
+    """Sample k is sample m: unite their ExAN sets and rebuild m from all of them.
+
+    The noise PSNR is computed again from the united rows (:func:`.inputs.noise_psnr_of`): their
+    scatter around the rank-one fit, not only the two estimates combined, so a merge of reports
+    that differ by more than noise does not claim more than the rows show.
+    """
     sm, sk = an.samples[m], an.samples[k]
     for h, units in an.sets[k].items():
         both = torch.unique(torch.cat([an.sets[m].get(h, units[:0]), units]))
@@ -104,7 +109,7 @@ def _absorb(net: Net, g: Grads, an: Analysis, m: int, k: int) -> None:
         w = g.Gb[0][grp]
         an.X[m] = (w @ g.G[0][grp]) / (w @ w)
         if sm.noise_psnr is not None and sk.noise_psnr is not None:
-            sm.noise_psnr = 10.0 * math.log10(10 ** (sm.noise_psnr / 10) + 10 ** (sk.noise_psnr / 10))
+            sm.noise_psnr = noise_psnr_of(g.G[0][grp], w, an.X[m], sigma0)
     sm.found_by = sm.found_by + " (+ merged)"
 
 

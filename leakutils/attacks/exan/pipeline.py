@@ -102,15 +102,29 @@ class Search:
 
 
 def _refuse_smoothing(an: Analysis) -> None:
-    eps_s = an.smoothing
-    if len(eps_s) == 0:
+    """Raise when the rebuilt samples' loss vectors read label smoothing, significantly.
+
+    ``an.smoothing`` holds ``(eps_s, se)`` per rebuilt sample (:func:`.inputs.smoothing_fit`).
+    Refused when the inverse-variance mean ``e`` exceeds ``SMOOTHING_MIN`` and ``SMOOTHING_Z``
+    of its standard error, and at least half of the samples agree with it (within 10% of ``e``
+    or ``SMOOTHING_Z`` of their own error): noise alone never reads as smoothing.
+    """
+    fits = [(e, se) for e, se in an.smoothing if math.isfinite(e) and math.isfinite(se)]
+    if not fits:
         return
-    med = float(torch.tensor(eps_s).median())
-    agree = sum(abs(e - med) <= 0.1 * abs(med) for e in eps_s)
-    if med > nz.SMOOTHING_MIN and 2 * agree >= len(eps_s):
+    exact = [e for e, se in fits if se <= 0]
+    if exact:  # no noise and a perfect fit: the readings are exact
+        med, se_med = float(torch.tensor(exact).median()), 0.0
+    else:
+        w = [1.0 / (se * se) for _, se in fits]
+        med = sum(wi * e for wi, (e, _) in zip(w, fits)) / sum(w)
+        se_med = 1.0 / math.sqrt(sum(w))
+    agree = sum(abs(e - med) <= max(0.1 * abs(med), nz.SMOOTHING_Z * se) for e, se in fits)
+    if med > nz.SMOOTHING_MIN and med > nz.SMOOTHING_Z * se_med and 2 * agree >= len(fits):
         raise ValueError(
             f"the loss vectors read off the update fit softmax(z) - (1 - e) onehot(y) - e / K with e = {med:.3f} "
-            f"for {agree} of {len(eps_s)} rebuilt samples: the client used label smoothing. The ExAN attack "
+            f"(standard error {se_med:.1e} given the estimated noise) for {agree} of {len(fits)} rebuilt "
+            f"samples: the client used label smoothing. The ExAN attack "
             f"assumes plain softmax cross-entropy (label_smoothing=0); with smoothing, labels and the forward "
             f"check do not hold, so nothing can be marked recovered.")
 

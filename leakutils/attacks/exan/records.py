@@ -50,8 +50,14 @@ class Sample:
         columns and rows, in units of the noise allowance (<= 1 passes).
     noise_psnr : float or None
         The PSNR (dB, data range 1) the estimated noise allows for this input by the bias
-        ratio: ``-20 log10(sigma sqrt(1 + mean x^2) / ||bias gradients||)``; None when not
-        estimated (pseudo-inverse) or for a clean update (infinite).
+        ratio: ``-20 log10(s sqrt(1 + mean x^2) / ||bias gradients||)``, with ``s`` the larger
+        of the update's noise estimate and the scatter of the sample's first-layer ExAN rows
+        around their rank-one fit (so noise scaled up for that layer, or a unit shared with
+        another sample, lowers it); None when not estimated (pseudo-inverse) or for a clean
+        update (infinite). An **estimate** from the noise model, not a bound: a single ExAN has
+        no scatter to show, and the estimate itself varies. Measured on MNIST digits 0..7,
+        width 1024, noise 1e-6..1e-4 of the largest entry, rtol default / 1e-3 / 1e-2, three
+        seeds: at most 2.1 dB above the true PSNR (5.1 dB before the rows' scatter was used).
     """
 
     label: int

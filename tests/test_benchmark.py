@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -7,8 +8,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bias_ratio_benchmark_prints_one_json_line_last():
+    # one thread: the timing must not depend on other work sharing the cores
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bias_ratio.py"), "--n", "5",
-                          "--datasets", "mnist", "digits"], capture_output=True, text=True, check=True)
+                          "--datasets", "mnist", "digits"], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(result) == {"mnist", "digits"}
     for r in result.values():

@@ -118,7 +118,30 @@ def _check_sizes(**sizes) -> None:
         check_int(name, value, 1)
 
 
-class MLP(nn.Sequential):
+class _CheckedSequential(nn.Sequential):
+    """Named layers run in order, with every input checked against ``input_shape`` and the dtype."""
+
+    def __init__(self, layers: list, shape: tuple, dtype: torch.dtype | None):
+        super().__init__(OrderedDict(layers))
+        self.input_shape = shape
+        if dtype is not None:
+            self.to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, num_classes)`` for ``x`` of shape ``(N, *input_shape)`` (an MLP also takes ``(N, D)``).
+
+        Raises
+        ------
+        TypeError
+            ``x`` not a floating tensor of the network's dtype.
+        ValueError
+            Samples of another size than ``input_shape``.
+        """
+        _check_input(self, x)
+        return super().forward(x)
+
+
+class MLP(_CheckedSequential):
     """A fully connected network ``flatten -> fc1 -> act1 -> ... -> out`` for classification.
 
     Parameters
@@ -165,23 +188,7 @@ class MLP(nn.Sequential):
             layers.append((f"act{i}", make_activation(activation, **activation_kwargs)))
             width = w
         layers.append(("out", nn.Linear(width, num_classes, bias=bias)))
-        super().__init__(OrderedDict(layers))
-        self.input_shape = shape
-        if dtype is not None:
-            self.to(dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(N, num_classes)`` for ``x`` of shape ``(N, *input_shape)`` (or flattened, ``(N, D)``).
-
-        Raises
-        ------
-        TypeError
-            ``x`` not a floating tensor of the network's dtype.
-        ValueError
-            Samples of another size than ``input_shape``.
-        """
-        _check_input(self, x)
-        return super().forward(x)
+        super().__init__(layers, shape, dtype)
 
 
 class LeNet(nn.Module):
@@ -252,7 +259,7 @@ class LeNet(nn.Module):
         return self.fc(self.flatten(self.body(x)))
 
 
-class ConvNet(nn.Sequential):
+class ConvNet(_CheckedSequential):
     """A plain CNN ``conv1 act1 conv2 act2 ... flatten fc``: the shape of every network of Chapter 3.
 
     Parameters
@@ -320,23 +327,7 @@ class ConvNet(nn.Sequential):
             except RuntimeError as err:
                 raise ValueError(f"the conv layers do not fit a {h}x{w} input: {err}") from None
         layers += [("flatten", nn.Flatten()), ("fc", nn.Linear(features, num_classes, bias=head_bias))]
-        super().__init__(OrderedDict(layers))
-        self.input_shape = shape
-        if dtype is not None:
-            self.to(dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(N, num_classes)`` for ``x`` of shape ``(N, *input_shape)``.
-
-        Raises
-        ------
-        TypeError
-            ``x`` not a floating tensor of the network's dtype.
-        ValueError
-            Samples of another size than ``input_shape``.
-        """
-        _check_input(self, x)
-        return super().forward(x)
+        super().__init__(layers, shape, dtype)
 
 
 def lenet_o(in_channels: int = 3, image_size=32, num_classes: int = 10, activation: str = "sigmoid",

@@ -127,9 +127,10 @@ def test_error_model_without_linear_layer(mnist):
         bias_ratio.reconstruct(conv, u)
 
 
-@pytest.mark.parametrize("rtol", [0, 1, -1e-3, "small"])
-def test_error_bad_tolerance(mlp, mnist, rtol):
-    with pytest.raises(ValueError, match="rtol"):
+@pytest.mark.parametrize("rtol, err", [(0, ValueError), (1, ValueError), (-1e-3, ValueError),
+                                       (float("nan"), ValueError), ("small", TypeError)])
+def test_error_bad_tolerance(mlp, mnist, rtol, err):
+    with pytest.raises(err, match="rtol"):
         bias_ratio.reconstruct(mlp, capture.client_update(mlp, *mnist[0]), rtol=rtol)
 
 
@@ -264,3 +265,25 @@ def test_bad_input_is_refused_clearly(mlp, mnist, call, exc, fragment):
     with pytest.raises(exc) as info:
         call(mlp, u)
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("activation, K, determined", [("relu", 2, False), ("sigmoid", 2, True),
+                                                       ("relu", 5, True)])
+def test_batch_of_one_image_is_certified_only_where_the_update_can_tell(activation, K, determined):
+    """Two distinct samples in one linear region of a ReLU network with 2 logits give a rank-one
+    update whose ratio is their blend (14 dB from each, seed 9): never determined, and then not
+    even a batch of one image repeated can be told from it. Smooth activations or 3+ logits
+    move the output-gradient direction, and a repeated image is certified."""
+    torch.manual_seed(9)
+    model = models.MLP((1, 6, 6), (4,), num_classes=K, activation=activation, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(10)
+    x = torch.rand((2, 1, 6, 6), generator=gen, dtype=torch.float64)
+    y = torch.randint(0, K, (2,), generator=gen)
+    mixed = bias_ratio.reconstruct(model, capture.client_update(model, x.float(), y), allow_batch=True)
+    assert not mixed.determined.any()
+    same = capture.client_update(model, x[:1].expand(2, 1, 6, 6).float(), y[:1].expand(2))
+    rec = bias_ratio.reconstruct(model, same, allow_batch=True)
+    assert rec.diagnostics["direction_fixed"] is (not determined)
+    assert bool(rec.determined.all()) is determined
+    if determined:
+        assert float(metrics.psnr(rec.images, x[:1])) >= 100

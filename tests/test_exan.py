@@ -248,6 +248,27 @@ def test_wrong_architectures_raise(digits, make, err, match):
         exan.reconstruct(net, up)
 
 
+@pytest.mark.parametrize("noise", [0.0, 1e-4, 1e-2])
+@pytest.mark.parametrize("width", [64, 256])
+def test_loss_check_judged_against_the_noise(digits, noise, width):
+    """A loss that is not cross-entropy is refused under noise; noisy cross-entropy is not."""
+    net = _net((width,))
+    x, y = digits.images[:4], digits.labels[:4]
+    gen = torch.Generator().manual_seed(1)
+
+    def noisy(up):
+        s = float(up["out.weight"].abs().max())
+        return up.map(lambda n, g: g + noise * s * torch.randn(g.shape, generator=gen, dtype=g.dtype))
+
+    mse = capture.client_update(net, x, y, loss_fn=lambda z, t: (z - nn.functional.one_hot(t, 10)).pow(2).mean())
+    with pytest.raises(ValueError, match="cross-entropy"):
+        exan.reconstruct(net, noisy(mse))
+    try:
+        exan.reconstruct(net, noisy(capture.client_update(net, x, y)))
+    except ValueError as err:
+        assert "cross-entropy" not in str(err), err
+
+
 def test_other_loss_and_bad_options(digits):
     net = _net((64,))
     x, y = digits.images[:2], digits.labels[:2]

@@ -82,7 +82,8 @@ def test_output_layer_found_in_call_order(mnist):
     (dict(layer="fc9"), ValueError, "no layer named"),
     (dict(layer="act1"), TypeError, "not a Linear"),
     (dict(rtol=-1), ValueError, "rtol"),
-    (dict(rtol="x"), ValueError, "rtol"),
+    (dict(rtol="x"), TypeError, "rtol"),
+    (dict(rtol=float("nan")), ValueError, "rtol"),
 ])
 def test_bad_input_is_refused_clearly(mlp, mnist, kwargs, exc, fragment):
     x, y = mnist[0]

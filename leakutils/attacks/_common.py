@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..core import Update
+from ..validate import check_number
 
 
 def check_model_update(model, update) -> None:
@@ -137,7 +138,8 @@ def trace_leaves(model: nn.Module, input_shape: tuple) -> list:
 
 
 def check_rtol(rtol: float) -> float:
-    """Validate a relative tolerance in (0, 1)."""
-    if not isinstance(rtol, (int, float)) or not 0 < rtol < 1:
-        raise ValueError(f"rtol must be a number in (0, 1), e.g. 1e-6, got {rtol!r}")
-    return float(rtol)
+    """A relative tolerance as a float in the open interval (0, 1), e.g. ``1e-6``.
+
+    Raises TypeError for a value that is not a real number, ValueError for NaN or one out of range.
+    """
+    return check_number("rtol", rtol, 0, 1, lo_open=True, hi_open=True)

@@ -19,6 +19,7 @@ by what follows fails the check, and ``determined`` is then all False.
 """
 from __future__ import annotations
 
+import copy
 import time
 
 import torch
@@ -28,7 +29,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..core import Reconstruction, Update
 from ._common import called_after, check_model_update, check_rtol, feeds_on_input, find_layer, layer_gradient
 from .labels import recover_labels
-from .residual import _check_noise, gradient_residual
+from .residual import _check_noise, _forward, gradient_residual
 
 #: The bias gradient must exceed this multiple of ``eps * max|dl/dW| `` (eps of the update's
 #: dtype) to be more than round-off; below it the division would amplify round-off only.
@@ -40,6 +41,13 @@ MAX_RELATIVE_TOLERANCE = 0.1
 #: A second singular value of ``[dl/dW | dl/db]`` above this multiple of the noise floor
 #: ``noise * (sqrt(rows) + sqrt(cols)) + ROUNDOFF * eps * s_1`` shows a second sample.
 RANK_MARGIN = 2.0
+
+#: The direction probe of a batch update: inputs moved by this fraction of their rms value (or
+#: of 1), ``DIRECTION_DRAWS`` times; a unit-vector change below ``DIRECTION_RTOL`` is round-off
+#: (float64), so the direction is fixed. A smooth activation or 3+ logits move it by ~1e-4.
+DIRECTION_STEP = 1e-3
+DIRECTION_DRAWS = 2
+DIRECTION_RTOL = 1e-9
 
 __all__ = ["reconstruct", "row_inputs", "layer_input_gradient"]
 
@@ -128,7 +136,11 @@ def reconstruct(model: nn.Module, update: Update, layer: str | None = None, *, r
         ``check_scale`` (1.0, or the factor of a clipped update), ``layer``, ``rows_used`` (int64 indices), ``n_rows_used``,
         ``n_rows``, ``residual`` (relative Frobenius residual of the used rows: ~1e-16 for one
         sample, large for a mixture), ``gradient_rank`` (if ``diagnose``), ``batch_size``,
-        ``seconds`` (wall time), ``dtype`` ("float64"), ``label_method``, ``label_count``.
+        ``seconds`` (wall time), ``dtype`` ("float64"), ``label_method``, ``label_count``,
+        ``direction_fixed`` (for a batch, M > 1: True when the layer's output-gradient direction
+        does not move with its input, as in a ReLU network with 2 logits; a blend of samples in
+        one linear region then reproduces the update, so nothing is marked determined; None
+        when not probed).
 
     Raises
     ------
@@ -163,9 +175,10 @@ def reconstruct(model: nn.Module, update: Update, layer: str | None = None, *, r
         "layer": name, "rows_used": rows, "n_rows_used": int(rows.numel()), "n_rows": int(db.numel()),
         "residual": residual, "batch_size": update.batch_size, "dtype": "float64", "rtol": rtol,
     }
+    # singular values of [dW | db], computed once for the rank diagnostic and the rank-one test
+    sv = _singular_values(torch.cat([dW, db[:, None]], dim=1))
     if diagnose:
-        s = torch.linalg.svdvals(torch.cat([dW, db[:, None]], dim=1))
-        diagnostics["gradient_rank"] = int((s > s[0] * 1e-9).sum()) if s[0] > 0 else 0
+        diagnostics["gradient_rank"] = int((sv > sv[0] * 1e-9).sum()) if sv[0] > 0 else 0
     on_input = feeds_on_input(model, name, lin.in_features, update.input_shape)
     images = x.reshape(1, *update.input_shape) if on_input else x.reshape(1, -1)
     rec_labels = None
@@ -185,9 +198,16 @@ def reconstruct(model: nn.Module, update: Update, layer: str | None = None, *, r
         resolution = check.relative_tolerance
         diagnostics["check_relative_tolerance"] = resolution
         consistent = consistent and resolution <= MAX_RELATIVE_TOLERANCE
-    rank_one = _rank_one(dW, db, update, name, noise)
+    rank_one = _rank_one(sv, dW.shape, update, name, noise)
     diagnostics["second_singular_value_ratio"] = rank_one
     consistent = consistent and rank_one <= 1.0
+    diagnostics["direction_fixed"] = None
+    if consistent and update.batch_size > 1:
+        # M > 1 and one image: right only if every sample is this image, and the rank-one test
+        # shows that only where the layer's output-gradient direction moves with its input
+        fixed = _direction_fixed(model, update, x, check.labels, name, on_input)
+        diagnostics["direction_fixed"] = fixed
+        consistent = not fixed
     diagnostics.update(consistent=consistent, gradient_residual=check,
                        check_relative_residual=check.relative if check else float("nan"),
                        check_scale=check.scale if check else float("nan"))
@@ -197,15 +217,57 @@ def reconstruct(model: nn.Module, update: Update, layer: str | None = None, *, r
                           diagnostics=diagnostics, attack="bias_ratio")
 
 
-def _rank_one(dW, db, update, name, noise) -> float:
-    """Second singular value of [dW | db] over RANK_MARGIN times its noise floor (<= 1: one sample)."""
-    A = torch.cat([dW, db[:, None]], dim=1)
-    s = torch.linalg.svdvals(A)
+def _singular_values(A: torch.Tensor) -> torch.Tensor:
+    """Singular values of ``A``, taken from its tall orientation (LAPACK is about twice as fast there)."""
+    return torch.linalg.svdvals(A if A.shape[0] >= A.shape[1] else A.T)
+
+
+def _rank_one(s, shape, update, name, noise) -> float:
+    """Second singular value ``s[1]`` of [dW | db] (``dW`` of ``shape``) over RANK_MARGIN times its noise
+    floor (<= 1: one sample)."""
     if s.numel() < 2 or s[0] == 0:
         return 0.0
     eps = torch.finfo(update.gradients[f"{name}.weight"].dtype).eps
-    floor = noise * (A.shape[0] ** 0.5 + A.shape[1] ** 0.5) + BIAS_ROUNDOFF_FACTOR * eps * float(s[0])
+    floor = noise * (shape[0] ** 0.5 + (shape[1] + 1) ** 0.5) + BIAS_ROUNDOFF_FACTOR * eps * float(s[0])
     return float(s[1]) / (RANK_MARGIN * floor)
+
+
+def _direction_fixed(model, update, x, label, name, on_input) -> bool:
+    """Whether the direction of ``dl/dz`` at layer ``name`` stays put when its input ``x`` moves.
+
+    Row ``m`` of ``[dW | db]`` is ``sum_i dl/dz_m(x_i) [x_i, 1]``. If the direction of
+    ``dl/dz(x)`` is the same for nearby inputs (a piecewise-linear network with 2 logits: every
+    loss vector is a multiple of (1, -1)), a batch of samples in one linear region gives a
+    rank-one ``[dW | db]`` whose ratio is their blend, and the blend reproduces the update up to
+    scale: nothing in the update tells it from a batch of identical samples. Probed at ``x`` and
+    at ``DIRECTION_DRAWS`` seeded points ``DIRECTION_STEP`` (relative) away, in float64.
+    """
+    net = copy.deepcopy(model).to(torch.float64)
+    layer = net.get_submodule(name)
+    gen = torch.Generator().manual_seed(0)
+    x = x.reshape(1, -1)
+    step = DIRECTION_STEP * max(float(x.norm()) / x.numel() ** 0.5, 1.0)
+    a = torch.cat([x, x + step * torch.randn(DIRECTION_DRAWS, x.shape[1], generator=gen, dtype=x.dtype)])
+    out = {}
+
+    def keep(module, args, z):
+        z.retain_grad()
+        out["z"] = z
+
+    hook = layer.register_forward_hook(keep)
+    try:
+        images = a.reshape(-1, *update.input_shape) if on_input else a
+        logits = _forward(net, images, update, None if on_input else name)
+        y = label.reshape(-1)[:1].expand(a.shape[0])
+        torch.nn.functional.cross_entropy(logits, y, reduction="sum").backward()
+    finally:
+        hook.remove()
+    v = out["z"].grad.reshape(a.shape[0], -1)
+    norms = torch.linalg.vector_norm(v, dim=1, keepdim=True)
+    if bool((norms == 0).any()):
+        return True
+    u = v / norms
+    return float(torch.linalg.vector_norm(u[1:] - u[:1], dim=1).max()) <= DIRECTION_RTOL
 
 
 def _check(model, update, images, rec_labels, layer, noise):

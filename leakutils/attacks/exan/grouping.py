@@ -112,6 +112,10 @@ def group_exans(columns: torch.Tensor, rows: torch.Tensor | None = None, *, rtol
             raise ValueError(f"{name} must be a non-negative number (a standard deviation) or None, got {v!r}")
     if not isinstance(columns, torch.Tensor) or columns.ndim != 2:
         raise ValueError(f"columns must be a tensor of shape (K, N), got {getattr(columns, 'shape', columns)!r}")
+    for name, t in (("columns", columns), ("rows", rows)):
+        if isinstance(t, torch.Tensor) and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} holds NaN or infinite entries: the update is corrupt (check the client's "
+                             f"loss and learning rate) and no grouping can be read from it")
     cols = columns.detach().to(torch.float64).T  # (N, K)
     cu, cn = unit_rows(cols)
     c_spread = _spread(cn, column_noise, cols.shape[1])

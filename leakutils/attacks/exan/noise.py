@@ -93,6 +93,35 @@ SMOOTHING_Z = 6.0
 CROSS_ENTROPY_SUM_RTOL = 1e-3
 
 
+#: Column sums explained by noise: with ``sigma`` read off the entries of the quiet columns
+#: (units no sample activates: pure noise), the live columns' sums of a softmax cross-entropy
+#: update are ``N(0, K sigma^2)``; their root mean square may exceed ``sqrt(K) sigma`` by this
+#: factor (a chi deviation this large over even one column has probability ~1e-15). A loss that
+#: is not cross-entropy gives sums of the size of the columns themselves.
+NOISE_SUM_Z = 8.0
+
+
+def sums_are_noise(Gout: torch.Tensor) -> bool:
+    """Whether the output-gradient column sums are what noise gives (see :data:`NOISE_SUM_Z`).
+
+    ``Gout``: the output layer's weight gradient, float64, shape ``(K, N)``. Needs at least two
+    quiet columns (norm within ``CHECK_Z`` standard deviations of a pure-noise column, judged
+    against the median column) to estimate the noise independently of the sums; False otherwise.
+    """
+    K = Gout.shape[0]
+    norms = torch.linalg.vector_norm(Gout, dim=0)
+    order = torch.sort(norms).values
+    # the quietest columns set the noise scale; a column is quiet while within CHECK_Z of it
+    lowest = float(order[: max(2, norms.numel() // 8)].median())
+    sig0 = lowest / math.sqrt(K)
+    quiet = norms <= sig0 * (math.sqrt(K) + CHECK_Z)
+    if int(quiet.sum()) < 2 or int((~quiet).sum()) == 0 or sig0 == 0.0:
+        return False
+    sigma = float(torch.sqrt((Gout[:, quiet] ** 2).mean()))
+    live = Gout[:, ~quiet].sum(0)
+    return float(torch.sqrt((live * live).mean())) <= NOISE_SUM_Z * math.sqrt(K) * sigma
+
+
 def eps_of(dtype: torch.dtype) -> float:
     """Machine epsilon of ``dtype`` (float64 for anything else: the attack computes in float64)."""
     return EPS.get(dtype, EPS[torch.float64])

@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: all install book test unit notebooks structure benchmark clean
+.PHONY: all install book test unit notebooks structure format benchmark clean
 
 all: book
 
@@ -34,6 +34,11 @@ notebooks: $(STAMP)
 
 structure: $(STAMP)
 	$(BIN)/python tools/check_book.py
+
+# Format the notebooks at the book's width (comments above code, black at 90 characters).
+format: $(STAMP)
+	$(BIN)/python tools/notebook_setup.py
+	$(BIN)/python tools/format_notebooks.py
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/bias_ratio.py

@@ -97,3 +97,17 @@ def test_glue_outside_the_book_records_the_value():
     assert glue("test_key_1", 2.5) == 2.5 and glued["test_key_1"] == 2.5
     with pytest.raises(ValueError, match="letters, digits"):
         glue("bad key", 1)
+
+
+def test_notebooks_are_formatted_at_the_books_width():
+    """Code cells as the book shows them: black at 90 characters, no comment after code."""
+    from tools import format_notebooks
+    assert format_notebooks.main(["--check"]) == 0, "run: make format"
+
+
+def test_trailing_comments_are_found():
+    from tools.format_notebooks import lift_comments, trailing_comments
+    src = 'x = f(  # a "#" in a string\n    1,\n)  # after\n!pip list  # a shell line\ny = "#"'
+    assert [r for r, _ in trailing_comments(src)] == [0, 2]
+    lifted = lift_comments(src)
+    assert trailing_comments(lifted) == [] and lifted.splitlines()[0] == '# a "#" in a string'

@@ -39,8 +39,9 @@ def colab_cell_source(url: str, branch: str) -> str:
         "if \"google.colab\" in sys.modules:\n"
         "    import subprocess\n"
         "\n"
-        "    subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"--quiet\",\n"
-        f"                    \"leakutils[data,online] @ git+{url}@{branch}\"], check=True)\n"
+        f"    package = \"leakutils[data,online] @ git+{url}@{branch}\"\n"
+        "    command = [sys.executable, \"-m\", \"pip\", \"install\", \"--quiet\", package]\n"
+        "    subprocess.run(command, check=True)"
     )
 
 

@@ -140,7 +140,8 @@ def reconstruct(model: nn.Module, update: Update, layer: str | None = None, *, r
         ``direction_fixed`` (for a batch, M > 1: True when the layer's output-gradient direction
         does not move with its input, as in a ReLU network with 2 logits; a blend of samples in
         one linear region then reproduces the update, so nothing is marked determined; None
-        when not probed).
+        when not probed), ``batch_note`` (why a batch's single image is not certified: the
+        direction above, or noise; empty otherwise).
 
     Raises
     ------
@@ -201,13 +202,23 @@ def reconstruct(model: nn.Module, update: Update, layer: str | None = None, *, r
     rank_one = _rank_one(sv, dW.shape, update, name, noise)
     diagnostics["second_singular_value_ratio"] = rank_one
     consistent = consistent and rank_one <= 1.0
-    diagnostics["direction_fixed"] = None
+    diagnostics["direction_fixed"], diagnostics["batch_note"] = None, ""
     if consistent and update.batch_size > 1:
-        # M > 1 and one image: right only if every sample is this image, and the rank-one test
-        # shows that only where the layer's output-gradient direction moves with its input
-        fixed = _direction_fixed(model, update, x, check.labels, name, on_input)
-        diagnostics["direction_fixed"] = fixed
-        consistent = not fixed
+        # M > 1 and one image: right only if every sample is this image. The rank-one test shows
+        # that only on a clean update, where the layer's output-gradient direction moves with its
+        # input; under noise a blend of close samples passes it as well
+        if noise > 0:
+            consistent = False
+            diagnostics["batch_note"] = ("a noisy update of a batch: a blend of samples close enough for the "
+                                         "noise to hide the difference passes every test; not certified")
+        else:
+            fixed = _direction_fixed(model, update, x, check.labels, name, on_input)
+            diagnostics["direction_fixed"] = fixed
+            consistent = not fixed
+            if fixed:
+                diagnostics["batch_note"] = ("the output-gradient direction does not move with the input (e.g. "
+                                             "ReLU and 2 logits): a blend of samples in one linear region "
+                                             "reproduces the update; not certified")
     diagnostics.update(consistent=consistent, gradient_residual=check,
                        check_relative_residual=check.relative if check else float("nan"),
                        check_scale=check.scale if check else float("nan"))

@@ -101,7 +101,7 @@ class Search:
     merged: int
 
 
-def _refuse_smoothing(an: Analysis) -> None:
+def _refuse_smoothing(an: Analysis, K: int) -> None:
     """Raise when the rebuilt samples' loss vectors read label smoothing, significantly.
 
     ``an.smoothing`` holds ``(eps_s, se)`` per rebuilt sample (:func:`.inputs.smoothing_fit`).
@@ -120,7 +120,10 @@ def _refuse_smoothing(an: Analysis) -> None:
         med = sum(wi * e for wi, (e, _) in zip(w, fits)) / sum(w)
         se_med = 1.0 / math.sqrt(sum(w))
     agree = sum(abs(e - med) <= max(0.1 * abs(med), nz.SMOOTHING_Z * se) for e, se in fits)
-    if med > nz.SMOOTHING_MIN and med > nz.SMOOTHING_Z * se_med and 2 * agree >= len(fits):
+    # with 3 logits the fit has no residual (2 coefficients, 2 free entries of a sum-zero vector),
+    # so a blend or an inexact input fits some e exactly: only samples agreeing with each other count
+    least = 2 if K == 3 else 1
+    if med > nz.SMOOTHING_MIN and med > nz.SMOOTHING_Z * se_med and 2 * agree >= len(fits) and agree >= least:
         raise ValueError(
             f"the loss vectors read off the update fit softmax(z) - (1 - e) onehot(y) - e / K with e = {med:.3f} "
             f"(standard error {se_med:.1e} given the estimated noise) for {agree} of {len(fits)} rebuilt "
@@ -166,7 +169,7 @@ def search(net: Net, model, g: Grads, opts: Options, noise: nz.NoiseEstimate, pe
     K = g.out.shape[0]
     an = analyse(net, model, g, opts, sigma)
     merged = merge_duplicates(net, g, an, sigma[0], noise.eps)
-    _refuse_smoothing(an)
+    _refuse_smoothing(an, K)
     fd = Found()
     for k in range(len(an.samples)):
         fd.add(an, k)

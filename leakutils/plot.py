@@ -1,7 +1,9 @@
 """Figures: image grids, originals against reconstructions, and the federated round.
 
-All functions return a ``matplotlib.figure.Figure`` (shown automatically in a notebook).
-Images are displayed clipped to ``[0, 1]``; the scores are computed on the unclipped values.
+Every function returns a ``matplotlib.figure.Figure`` that pyplot no longer tracks
+(:func:`detach`): a notebook shows it once, as the value of the cell's last line (or with
+``display(fig)``), never a second time when the cell ends. Images are displayed clipped to
+``[0, 1]``; the scores are computed on the unclipped values.
 """
 from __future__ import annotations
 
@@ -13,7 +15,28 @@ import numpy as np
 import torch
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-__all__ = ["to_display", "show_image", "image_grid", "compare_grid", "federated_round"]
+__all__ = ["detach", "to_display", "show_image", "image_grid", "compare_grid", "federated_round"]
+
+
+def detach(fig):
+    """Close ``fig`` in pyplot and return it, so a notebook shows it once.
+
+    The inline backend draws every figure pyplot still tracks when a cell ends, and also the
+    figure a cell returns: a function that builds a figure with pyplot and returns it would be
+    shown twice. A detached figure stays complete: ``display(fig)``, ``fig.savefig`` and the
+    cell's value still draw it.
+
+    Raises
+    ------
+    TypeError
+        ``fig`` is not a ``matplotlib.figure.Figure``.
+    """
+    from matplotlib.figure import Figure
+
+    if not isinstance(fig, Figure):
+        raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
+    plt.close(fig)
+    return fig
 
 
 def to_display(image: torch.Tensor) -> np.ndarray:
@@ -121,7 +144,7 @@ def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, *, nco
     if suptitle:
         fig.suptitle(suptitle, fontsize=FONT + 1)
     fig.tight_layout()
-    return fig
+    return detach(fig)
 
 
 def compare_grid(truth: torch.Tensor, reconstructed: torch.Tensor, scores=None, *,
@@ -189,7 +212,7 @@ def compare_grid(truth: torch.Tensor, reconstructed: torch.Tensor, scores=None, 
     if suptitle:
         fig.suptitle(suptitle, fontsize=FONT + 1)
     fig.tight_layout()
-    return fig
+    return detach(fig)
 
 
 def federated_round(image: torch.Tensor | None = None):
@@ -218,4 +241,4 @@ def federated_round(image: torch.Tensor | None = None):
     ax.text(5.0, 1.2, "update: $\\nabla_W \\ell, \\nabla_b \\ell$ (batch mean)", ha="center", fontsize=9,
             color="firebrick")
     fig.tight_layout()
-    return fig
+    return detach(fig)

@@ -38,6 +38,7 @@ from leakutils.widgets import exan as w_exan
 from leakutils.widgets import extraction as w_extraction
 from leakutils.widgets import inversion as w_inversion
 from leakutils.widgets import panel
+from leakutils.widgets import static as w_static
 
 NAN = float("nan")
 
@@ -577,6 +578,11 @@ CASES: list[Case] = [
     Case(panel.dataset, lambda: A("cifar10"), ValueError, "dataset must be one of"),
     Case(panel.build_panel, lambda: A("demo", print, {}), TypeError, "demo and show must be callables"),
     Case(panel.build_panel, lambda: A(print, print, {}), ValueError, "controls must be a non-empty dict"),
+    Case(w_static.static_panel, lambda: A("demo", print, "x", (1, 2)), TypeError, "must be callables"),
+    Case(w_static.static_panel, lambda: A(print, print, 3, (1, 2)), TypeError, "control must be the name"),
+    Case(w_static.static_panel, lambda: A(print, print, "x", (1,)), ValueError, "needs 2..40 values"),
+    Case(w_static.static_panel, lambda: A(print, print, "x", (1, 2), dpi=5), ValueError, "dpi"),
+    Case(plot.detach, lambda: A("fig"), TypeError, "must be a matplotlib Figure"),
     Case(w_bias_ratio.bias_ratio_demo, lambda: A("cifar10", 0, 1), ValueError, "dataset must be one of"),
     Case(w_bias_ratio.show_bias_ratio_demo, lambda: A({}), TypeError, "expected the BiasRatioDemo"),
     Case(w_bias_ratio.bias_ratio_panel, lambda: A(width=0), ValueError, "width must be an integer in 1..8192"),
@@ -607,6 +613,7 @@ EXEMPT: dict[str, str] = {
     "leakutils.widgets.panel.Choice": "a plain control description, validated by ipywidgets when built",
     "leakutils.widgets.panel.Toggle": "a plain control description, validated by ipywidgets when built",
     "leakutils.widgets.panel.require_ipywidgets": "takes no arguments",
+    "leakutils.widgets.static.StaticPanel": "a result record built only by static_panel",
     "leakutils.widgets.panel.relu_mlp": "a cached internal factory of the demos, called with checked values",
     "leakutils.widgets.activations.propagation_panel": "takes no arguments (an ipywidgets panel)",
     "leakutils.widgets.conv.conv_panel": "takes no arguments (an ipywidgets panel)",

@@ -302,3 +302,41 @@ def test_exan_demo_two_logit_lfw_is_refused_and_ten_logits_are_exact():
     ten = widgets.exan_demo(dataset="lfw", num_classes=10)
     assert ten.refused is None and ten.num_classes == 10
     assert ten.fraction_exact == 1
+
+
+def test_figures_are_detached_so_a_notebook_shows_each_once(mnist):
+    """pyplot tracks no figure after a plot or show function: the inline backend would draw a
+    tracked figure at the end of the cell, on top of the cell's returned value."""
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    figs = [plot.image_grid(mnist.images[:3]), plot.federated_round(mnist.images[0]),
+            widgets.show_bias_ratio_demo(widgets.bias_ratio_demo(batch_size=2)),
+            widgets.show_propagation_demo(widgets.propagation_demo("relu", "mnist", 0))]
+    assert plt.get_fignums() == []
+    assert all(isinstance(f, matplotlib.figure.Figure) and f.axes for f in figs)
+    with pytest.raises(TypeError, match="matplotlib Figure"):
+        plot.detach("figure")
+
+
+def test_static_panel_holds_one_frame_per_value_behind_a_slider():
+    import re
+
+    sp = widgets.static_panel(widgets.bias_ratio_demo, widgets.show_bias_ratio_demo, "batch_size", (1, 2, 3),
+                              caption=lambda r: f"{r.scores.mean_psnr:.1f} dB", label="batch size")
+    assert sp.values == (1, 2, 3) and len(sp.results) == 3
+    assert sp.captions[0].startswith("batch size = 1:") and sp.captions[0].endswith("dB")
+    frames = re.findall(r'frames\[\d+\] = "data:image/png;base64,', sp.html)
+    assert len(frames) == 3 and 'type="range"' in sp.html and sp._repr_html_() is sp.html
+    # no network: nothing is loaded from elsewhere
+    assert "://" not in sp.html and "fa fa-" not in sp.html
+    # the frames differ: one sample is exact, a batch of 2 a mixture
+    assert sp.results[0].scores.mean_psnr > 100 > sp.results[1].scores.mean_psnr
+    for bad, err in (((1,), ValueError), ("batch_size", None)):
+        if err:
+            with pytest.raises(err, match="2..40 values"):
+                widgets.static_panel(widgets.bias_ratio_demo, widgets.show_bias_ratio_demo, "batch_size", bad)
+    with pytest.raises(TypeError, match="callables"):
+        widgets.static_panel("demo", widgets.show_bias_ratio_demo, "batch_size", (1, 2))
+    with pytest.raises(TypeError, match="must return a matplotlib Figure"):
+        widgets.static_panel(widgets.bias_ratio_demo, lambda r: None, "batch_size", (1, 2))

@@ -18,6 +18,10 @@ module                    demo, show, panel
 ``extraction`` (Ch. 6)    :func:`extraction_demo`, :func:`show_extraction_demo`, :func:`extraction_panel`
 ========================  ===================================================================
 
+Every live panel has a kernel-free twin for the HTML book: :func:`static_panel` (module
+``static``) runs the demo over a grid of the panel's main control when the notebook executes
+and stores the drawn results behind one slider that works without a kernel or network.
+
 Every name is re-exported here, so ``widgets.exan_demo(...)`` works without naming the module.
 """
 from . import panel
@@ -28,8 +32,9 @@ from .exan import ExanDemo, exan_demo, exan_panel, show_exan_demo
 from .extraction import ExtractionDemo, extraction_demo, extraction_panel, show_extraction_demo
 from .inversion import inversion_demo, inversion_panel, show_inversion_demo
 from .panel import DEMO_ACTIVATIONS, DEMO_DATASETS
+from .static import StaticPanel, static_panel
 
-__all__ = ["DEMO_DATASETS", "DEMO_ACTIVATIONS",
+__all__ = ["DEMO_DATASETS", "DEMO_ACTIVATIONS", "StaticPanel", "static_panel",
            "BiasRatioDemo", "bias_ratio_demo", "show_bias_ratio_demo", "bias_ratio_panel",
            "PropagationDemo", "propagation_demo", "show_propagation_demo", "propagation_panel",
            "ConvDemo", "conv_demo", "show_conv_demo", "conv_panel",

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import models
+from .. import models, plot
 from ..attacks import bias_ratio
 from ..capture import client_update
 from . import panel
@@ -123,7 +123,7 @@ def show_propagation_demo(result: PropagationDemo):
     b.set_ylabel("absolute error")
     b.set_title(f"pre-activation lost for {result.lost:.0%} of the units", fontsize=9)
     fig.tight_layout()
-    return fig
+    return plot.detach(fig)
 
 
 def propagation_panel():

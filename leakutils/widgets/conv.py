@@ -121,7 +121,7 @@ def show_conv_demo(result: ConvDemo):
     fig.suptitle(f"rank {L['rank']} of {L['unknowns']} unknowns; {L['gradient_equations']} weight-gradient and "
                  f"{L['forward_equations']} forward equations", fontsize=plot.FONT)
     fig.tight_layout()
-    return fig
+    return plot.detach(fig)
 
 
 def conv_panel():

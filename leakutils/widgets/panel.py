@@ -141,13 +141,13 @@ def build_panel(demo: Callable, show: Callable, controls: dict, *, rows: Sequenc
     if not isinstance(controls, dict) or not controls:
         raise ValueError("controls must be a non-empty dict of argument name to Slider, Choice or Toggle")
     W = require_ipywidgets()
-    import matplotlib.pyplot as plt
+    from IPython.display import display
 
     widgets = {name: _make_control(W, spec) for name, spec in controls.items()}
 
     def draw(**values):
-        show(demo(**values, **fixed))
-        plt.show()
+        # show() returns a figure pyplot no longer tracks (leakutils.plot.detach): display it once
+        display(show(demo(**values, **fixed)))
 
     items, boxes, start = list(widgets.values()), [], 0
     for n in rows:

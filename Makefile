@@ -1,4 +1,4 @@
-# Two commands: `make book` builds the HTML book, `make test` runs the tests.
+# Two commands: `make book` builds the HTML book, `make test` builds it and runs every test.
 # Both create the virtual environment .venv on first use (Python >= 3.10; python3 by default).
 PYTHON ?= python3
 VENV   := .venv
@@ -21,17 +21,23 @@ install: $(STAMP)
 book: $(STAMP)
 	$(BIN)/jupyter-book build . --all -W --keep-going
 
-# Unit tests of leakutils and nbval over every notebook, then the book's structure.
-test: $(STAMP)
-	$(BIN)/python -m pytest -p no:cacheprovider tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=300
-	$(BIN)/python tools/check_book.py
-
-unit: $(STAMP)
+# The book as readers see it, then every test (about 15-20 minutes on 2 cores):
+# 1. `make book`: executes every notebook (a failing cell fails the build) and builds the HTML
+#    with Sphinx warnings as errors (cross-references, citations, glossary, glue keys);
+# 2. pytest over tests/: unit tests, the tests of the executed notebooks and of the built
+#    HTML (marker `book`), among them the offline browser test (tests/test_browser.py).
+test: book
 	$(BIN)/python -m pytest -p no:cacheprovider tests
 
+# Tests that need no built book (marker `book` deselected), about 3-4 minutes.
+unit: $(STAMP)
+	$(BIN)/python -m pytest -p no:cacheprovider tests -m "not book"
+
+# nbval over every notebook: each cell executed and its output compared (lax).
 notebooks: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=300
 
+# The book's structure without executing the notebooks (a quick check while writing prose).
 structure: $(STAMP)
 	$(BIN)/python tools/check_book.py
 

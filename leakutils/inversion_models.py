@@ -7,6 +7,7 @@ training settings).
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections import OrderedDict
 from typing import Sequence
@@ -131,6 +132,20 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return self.out(self.drop(self.last_linear(x)))
 
+    def fused(self) -> "Classifier":
+        """A frozen copy for inference: each block's batch normalisation folded into its convolution.
+
+        Computes the eval-mode outputs of this model (to float rounding) in about three quarters
+        of the time, forward and backward; its parameters do not require gradients. Used where a
+        trained model is only queried or differentiated with respect to its input (X~).
+        """
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        frozen = copy.deepcopy(self).eval()
+        for block in frozen.features:
+            block.conv, block.bn = fuse_conv_bn_eval(block.conv, block.bn), nn.Identity()
+        return frozen.requires_grad_(False)
+
 
 class InverseTCNN(nn.Module):
     """The seed's inverse model: a feature vector of any length F to a 32x32 image.
@@ -172,4 +187,8 @@ class InverseTCNN(nn.Module):
         if f.ndim != 2 or f.shape[1] != self.in_features:
             raise ValueError(f"this inverse model takes features of shape (B, {self.in_features}), got "
                              f"{tuple(f.shape)}; build one with InverseTCNN({f.shape[-1]}) for these")
-        return self.net(f[:, :, None, None])
+        # the first layer sees a 1x1 input, so its transposed convolution is one matrix product
+        # (the same numbers as self.net[0], several times faster on a CPU for long features)
+        first = self.net[0]
+        h = (f @ first.weight.flatten(1)).view(f.shape[0], *first.weight.shape[1:]) + first.bias[:, None, None]
+        return self.net[1:](h)

@@ -29,7 +29,8 @@ from torch import nn
 
 import leakutils
 from leakutils import (activations, blackbox, book, capture, core, critical_points, data, extraction, flatnets,
-                       inversion, inversion_models, metamodel, metrics, models, output_defences, plot, validate)
+                       inversion, inversion_loss, inversion_models, metamodel, metrics, models, output_defences,
+                       plot, validate)
 from leakutils.attacks import bias_ratio, conv, dlg, exan, labels, residual
 from leakutils.widgets import activations as w_activations
 from leakutils.widgets import bias_ratio as w_bias_ratio
@@ -582,6 +583,8 @@ CASES: list[Case] = [
     Case(w_static.static_panel, lambda: A(print, print, 3, (1, 2)), TypeError, "control must be the name"),
     Case(w_static.static_panel, lambda: A(print, print, "x", (1,)), ValueError, "needs 2..40 values"),
     Case(w_static.static_panel, lambda: A(print, print, "x", (1, 2), dpi=5), ValueError, "dpi"),
+    Case(w_static.check_values, lambda: A("sizes", "12", int), TypeError, "sizes must be a sequence"),
+    Case(w_static.check_values, lambda: A("sizes", (1, 2, 1), int), ValueError, "sizes must not repeat"),
     Case(plot.detach, lambda: A("fig"), TypeError, "must be a matplotlib Figure"),
     Case(w_bias_ratio.bias_ratio_demo, lambda: A("cifar10", 0, 1), ValueError, "dataset must be one of"),
     Case(w_bias_ratio.show_bias_ratio_demo, lambda: A({}), TypeError, "expected the BiasRatioDemo"),
@@ -590,6 +593,11 @@ CASES: list[Case] = [
     Case(w_activations.show_propagation_demo, lambda: A(None), TypeError, "expected the PropagationDemo"),
     Case(w_conv.conv_demo, lambda: A(filters=0), ValueError, "filters must be an integer"),
     Case(w_conv.show_conv_demo, lambda: A("demo"), TypeError, "expected the ConvDemo"),
+    Case(w_bias_ratio.bias_ratio_twin, lambda: A("digits", 0, (1, 65)), ValueError,
+         "batch_size must be an integer in 1..64"),
+    Case(w_activations.propagation_twin, lambda: A(activations=("relu", "gelu")), ValueError,
+         "activation must be one of"),
+    Case(w_conv.conv_twin, lambda: A((4,)), ValueError, "filter_counts must hold 2..40 values"),
     Case(w_exan.exan_demo, lambda: A(batch_size=0), ValueError, "batch_size must be an integer in 1..64"),
     Case(w_exan.show_exan_demo, lambda: A([]), TypeError, "expected the ExanDemo"),
     Case(w_extraction.extraction_demo, lambda: A(width=0), ValueError, "width must be an integer"),
@@ -597,6 +605,11 @@ CASES: list[Case] = [
     Case(w_inversion.inversion_demo, lambda: A("lab", x()), TypeError, "Lab"),
     Case(w_inversion.show_inversion_demo, lambda: A(None), TypeError, "dict"),
     Case(w_inversion.inversion_panel, lambda: A("lab", x()), TypeError, "Lab"),
+    Case(w_exan.exan_twin, lambda: A((1, 65)), ValueError, "batch_size must be an integer in 1..64"),
+    Case(w_inversion.inversion_twin, lambda: A("lab", x()), TypeError, "Lab"),
+    Case(w_extraction.extraction_twin, lambda: A((0, 4)), ValueError, "lines must be an integer in 1..12"),
+    Case(inversion_loss.gaussian_ssim, lambda: A(torch.ones(1, 1, 4, 4), torch.ones(1, 1, 4, 4)), ValueError,
+         "H, W >= 11"),
 ]
 
 #: Public callables with no input to validate, by qualified name (any public path or the

@@ -544,3 +544,40 @@ def test_width_4096_batches_of_one_and_two(digits, M):
     assert time.perf_counter() - t0 < 30.0
     assert rec.diagnostics["batch_size"] == M and rec.diagnostics["batch_size_complete"] is True
     _exact(rec, digits.images[:M])
+
+
+def _frames(twin) -> list:
+    """The base64 PNG data of each frame of a twin's HTML, in slider order."""
+    import re
+
+    return re.findall(r'frames\[\d+\] = "data:image/png;base64,([^"]+)"', twin.html)
+
+
+def test_exan_twin_exact_for_small_batches_then_overwhelmed():
+    from leakutils import widgets
+
+    twin = widgets.exan_twin((1, 8, 64), width=64, dataset="digits", max_images=8, dpi=40)
+    frames = _frames(twin)
+    assert twin.values == (1, 8, 64) and len(frames) == 3 and len(set(frames)) == 3
+    assert [r.images.shape[0] for r in twin.results] == [1, 8, 64] and twin.label == "batch size"
+    exact = [int(r.exact.sum()) for r in twin.results]
+    assert exact[:2] == [1, 8] and exact[2] < 32, exact
+    assert twin.captions[0] == "batch size = 1:  1 of 1 rebuilt exactly; batch size read as 1"
+    assert twin.captions[2] == f"batch size = 64:  {exact[2]} of 64 rebuilt exactly; batch size read as 64"
+    # a 2-logit head: every frame says the attack refuses
+    refused = widgets.exan_twin((1, 2), width=16, dataset="lfw", dpi=40)
+    assert all(c.endswith("the attack refuses (2 logits)") for c in refused.captions)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda w: w.exan_twin((1, 65)), "batch_size must be an integer in 1..64"),
+    (lambda w: w.exan_twin((4, 4)), "must not repeat"),
+    (lambda w: w.exan_twin((1, 8), dataset="lfw", start=195), "runs past the end"),
+    (lambda w: w.exan_twin((1, 8), width=8), "width must be an integer in 16..8192"),
+    (lambda w: w.exan_twin((1, 8), max_images=0), "max_images"),
+])
+def test_exan_twin_refuses_bad_grids_before_running(call, match):
+    from leakutils import widgets
+
+    with pytest.raises(ValueError, match=match):
+        call(widgets)

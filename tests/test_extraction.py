@@ -213,3 +213,25 @@ def test_width_32_panel_network_extracts_exactly(mnist_784_32_10, lines, noise):
     err = ex.align(*_truth(net), e)["max_error"]
     assert err < (1e-7 if noise == 0 else 1e-4)
     assert ex.agreement(e, f0, held_out)["agreement"] == 1.0
+
+
+def test_extraction_twin_misses_units_with_one_line_then_is_exact():
+    import re
+
+    from leakutils import widgets
+
+    twin = widgets.extraction_twin((1, 2), width=8, dpi=40)
+    frames = re.findall(r'frames\[\d+\] = "data:image/png;base64,([^"]+)"', twin.html)
+    assert twin.values == (1, 2) and len(frames) == 2 and len(set(frames)) == 2
+    one, two = twin.results
+    assert (one.lines, two.lines) == (1, 2) and one.queries < two.queries
+    assert not one.complete and one.units_found < 8 and np.isnan(one.agreement)
+    assert two.complete and two.units_found == 8 and two.max_error < 1e-6 and two.agreement == 1.0
+    assert twin.captions[0] == (f"lines = 1:  {one.units_found}/8 units from {one.queries:,} queries; "
+                                "the output layer cannot be fitted")
+    assert twin.captions[1].startswith(f"lines = 2:  8/8 units from {two.queries:,} queries; worst weight error ")
+    assert twin.captions[1].endswith("agreement 100%")
+    with pytest.raises(ValueError, match="lines must be an integer in 1..12"):
+        widgets.extraction_twin((1, 13))
+    with pytest.raises(TypeError, match="lines must be a sequence"):
+        widgets.extraction_twin(4)

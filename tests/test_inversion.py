@@ -259,3 +259,89 @@ def test_bad_inputs_give_clear_errors(case):
     call, exc, match = _bad_inversion_cases()[case]
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_gaussian_ssim_is_pytorch_msssim_values_and_gradients():
+    from pytorch_msssim import ssim as reference
+
+    from leakutils.inversion_loss import gaussian_ssim
+
+    g = torch.Generator().manual_seed(0)
+    for shape, dtype in (((5, 1, 32, 32), torch.float32), ((3, 3, 20, 27), torch.float64)):
+        x = torch.rand(shape, generator=g, dtype=dtype).requires_grad_(True)
+        y = (0.7 * x.detach() + 0.3 * torch.rand(shape, generator=g, dtype=dtype)).requires_grad_(True)
+        ours, theirs = gaussian_ssim(x, y), reference(x, y, data_range=1.0)
+        assert ours.dtype == dtype and abs(float((ours - theirs).detach())) < 1e-6
+        for a, b in zip(torch.autograd.grad(ours, (x, y)), torch.autograd.grad(theirs, (x, y))):
+            assert torch.allclose(a, b, atol=1e-7, rtol=1e-4)
+    a = torch.rand(2, 1, 16, 16, generator=g)
+    assert abs(float(gaussian_ssim(a, a)) - 1) < 1e-6 and float(gaussian_ssim(a, 1 - a)) < 0.5
+    assert abs(float(gaussian_ssim(a * 255, a * 255, data_range=255)) - 1) < 1e-6
+    with pytest.raises(ValueError, match="H, W >= 11"):
+        gaussian_ssim(a[..., :10, :], a[..., :10, :])
+    with pytest.raises(TypeError, match="floating-point"):
+        gaussian_ssim(a, a.long())
+    with pytest.raises(ValueError, match="data_range"):
+        gaussian_ssim(a, a, data_range=0)
+
+
+def test_inverse_first_layer_is_its_transposed_convolution_and_fused_classifier_agrees(digits32):
+    x, y = digits32
+    torch.manual_seed(0)
+    tc = inv.InverseTCNN(1034, widths=(8, 4, 4)).eval()
+    f = torch.randn(6, 1034)
+    with torch.no_grad():
+        assert torch.allclose(tc(f), tc.net(f[:, :, None, None]), atol=1e-6)
+    clf = inv.Classifier(channels=(4, 8, 8))
+    inv.train_classifier(clf, x[:100], y[:100], epochs=1, seed=0)
+    frozen = clf.fused()
+    assert not any(p.requires_grad for p in frozen.parameters()) and all(p.requires_grad for p in clf.parameters())
+    with torch.no_grad():
+        assert torch.allclose(frozen(x[100:140]), clf.eval()(x[100:140]), atol=1e-4)
+    # X~ through the folded copy leaves the shadow as it was
+    o = inv.outputs(clf, x[100:104])
+    inv.gradient_reconstruction(clf, o, x[104:108], steps=2)
+    assert all(p.requires_grad for p in clf.parameters()) and not clf.training
+
+
+def test_inversion_twin_steps_through_k_without_retraining(digits32):
+    import re
+
+    from leakutils import widgets
+
+    x, y = digits32
+    torch.manual_seed(0)
+    target, shadow = inv.Classifier(channels=(4, 8, 8)), inv.Classifier(channels=(4, 8, 8))
+    inv.train_classifier(target, x[:150], y[:150], epochs=1, seed=0)
+    inv.train_classifier(shadow, x[150:300], y[150:300], epochs=1, seed=1)
+    lab = inv.Lab(target, shadow, inv.class_averages(x[150:300], y[150:300]), steps=3)
+    o_s = inv.outputs(shadow, x[150:300])
+    for k in (10, 1):
+        parts = {"O": o_s if k == 10 else inv.top_k(o_s, k)}
+        sc = inv.FeatureScaler(parts)
+        tc = inv.InverseTCNN(10, widths=(8, 4, 4))
+        inv.train_inverse(tc, inv.features(parts, "O", sc), x[150:300], epochs=2)
+        lab.add(k, "O", tc, sc)
+    tc_x = inv.InverseTCNN(1024, widths=(8, 4, 4))
+    lab.add(10, "X", tc_x, None)  # only at k = 10: not a row of the twin
+    before = {n: p.detach().clone() for n, p in tc.named_parameters()}
+    twin = widgets.inversion_twin(lab, x[300:320], digits=5, dpi=40)
+    frames = re.findall(r'frames\[\d+\] = "data:image/png;base64,([^"]+)"', twin.html)
+    assert twin.values == (10, 1) and len(frames) == 2 and len(set(frames)) == 2 and twin.label == "top k"
+    assert all(torch.equal(p, before[n]) for n, p in tc.named_parameters())
+    for frame, k in zip(twin.results, (10, 1)):
+        assert frame["k"] == k and list(frame["images"]) == ["original", "class average", "X~", "TCNN(O)"]
+        assert all(v.shape == (5, 1, 32, 32) for v in frame["images"].values())
+        assert all(-1 <= s <= 1 for s in frame["ssim"].values()) and set(frame["distance"]) == {"X~", "TCNN(O)"}
+    # the class average of the predicted class: the top-1 logit survives every truncation
+    assert torch.equal(twin.results[0]["images"]["class average"], twin.results[1]["images"]["class average"])
+    assert not torch.equal(twin.results[0]["images"]["TCNN(O)"], twin.results[1]["images"]["TCNN(O)"])
+    first = twin.results[0]
+    assert twin.captions[0] == (f"top k = 10:  TCNN(O): SSIM {first['ssim']['TCNN(O)']:.3f}, distance to the "
+                                f"class average {first['distance']['TCNN(O)']:.3f} (mean of 5 digits)")
+    with pytest.raises(ValueError, match="no inverse model was trained for k = 3"):
+        widgets.inversion_twin(lab, x[300:320], ks=(10, 3))
+    with pytest.raises(ValueError, match="digits"):
+        widgets.inversion_twin(lab, x[300:320], digits=21)
+    with pytest.raises(ValueError, match="2..40 values"):
+        widgets.inversion_twin(lab, x[300:320], ks=(10,))

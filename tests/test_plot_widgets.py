@@ -340,3 +340,78 @@ def test_static_panel_holds_one_frame_per_value_behind_a_slider():
         widgets.static_panel("demo", widgets.show_bias_ratio_demo, "batch_size", (1, 2))
     with pytest.raises(TypeError, match="must return a matplotlib Figure"):
         widgets.static_panel(widgets.bias_ratio_demo, lambda r: None, "batch_size", (1, 2))
+
+
+def _frames(twin) -> list:
+    """The base64 PNG data of each frame of a twin's HTML, in slider order."""
+    import re
+
+    return re.findall(r'frames\[\d+\] = "data:image/png;base64,([^"]+)"', twin.html)
+
+
+def test_bias_ratio_twin_exact_alone_then_a_mixture():
+    twin = widgets.bias_ratio_twin("digits", 0, (1, 2, 3), width=64)
+    frames = _frames(twin)
+    assert twin.values == (1, 2, 3) and len(frames) == 3 and len(set(frames)) == 3
+    assert [r.images.shape[0] for r in twin.results] == [1, 2, 3]
+    assert twin.captions[0].startswith("batch size = 1:  exact, ")
+    assert all(c.startswith(f"batch size = {m}:  a mixture, ") for m, c in zip((2, 3), twin.captions[1:]))
+    assert all("vs the closest sample; a single row isolates" in c for c in twin.captions)
+    psnr = [r.scores.mean_psnr for r in twin.results]
+    assert psnr[0] >= 100 and max(psnr[1:]) < 30
+    assert "://" not in twin.html and twin.label == "batch size"
+
+
+def test_propagation_twin_exact_for_each_activation_and_relu_loses_units():
+    twin = widgets.propagation_twin("digits", 5, ("tanh", "relu", "elu"), width=32)
+    frames = _frames(twin)
+    assert twin.values == ("tanh", "relu", "elu") and len(frames) == 3 and len(set(frames)) == 3
+    assert [r.activation for r in twin.results] == ["tanh", "relu", "elu"]
+    assert all(r.max_error < 1e-12 for r in twin.results)
+    assert [r.lost > 0 for r in twin.results] == [False, True, False]
+    assert twin.captions[1].startswith("activation = relu:  max relative error ")
+    assert twin.captions[0].endswith("pre-activation lost for 0% of the units")
+    full = widgets.propagation_twin.__defaults__
+    assert full[2] is None  # default: every activation of DEMO_ACTIVATIONS
+
+
+def test_conv_twin_from_under_determined_to_exact():
+    twin = widgets.conv_twin((1, 2, 6), dataset="digits", index=3, size=12)
+    frames = _frames(twin)
+    assert twin.values == (1, 2, 6) and len(frames) == 3 and len(set(frames)) == 3
+    ranks = [r.layer["rank"] for r in twin.results]
+    assert ranks == sorted(set(ranks)) and ranks[-1] == twin.results[-1].layer["unknowns"] == 144
+    determined = [float(r.reconstruction.determined.double().mean()) for r in twin.results]
+    assert determined[0] == 0 and determined[-1] == 1
+    assert twin.results[0].psnr < 30 <= 100 <= twin.results[-1].psnr
+    assert twin.captions[0].startswith("filters = 1:  rank ") and "determined 0%; PSNR" in twin.captions[0]
+    assert "rank 144 of 144; determined 100%" in twin.captions[-1]
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: widgets.bias_ratio_twin("digits", 0, (1, 2, 2)), ValueError, "must not repeat"),
+    (lambda: widgets.bias_ratio_twin("lfw", 195, (1, 8)), ValueError, "runs past the end"),
+    (lambda: widgets.bias_ratio_twin(batch_sizes=4), TypeError, "batch_sizes must be a sequence"),
+    (lambda: widgets.propagation_twin(activations="relu"), TypeError, "activations must be a sequence"),
+    (lambda: widgets.propagation_twin(activations=("relu",)), ValueError, "2..40 values"),
+    (lambda: widgets.propagation_twin(width=4096), ValueError, "width"),
+    (lambda: widgets.conv_twin((1, 65)), ValueError, "filters must be an integer in 1..64"),
+    (lambda: widgets.conv_twin((1, 2), kernel=11), ValueError, "kernel"),
+    (lambda: widgets.conv_twin((1, 2), dpi=10), ValueError, "dpi"),
+    (lambda: widgets.conv_twin(range(1, 10**9)), ValueError, "got more than 40"),
+])
+def test_twins_refuse_bad_grids_before_running(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_psnr_text_reads_as_the_figures_do():
+    from leakutils.widgets.static import psnr_text
+
+    assert psnr_text(float("inf")) == "exact" and psnr_text(318.4) == "318 dB" and psnr_text(12.34) == "12.3 dB"
+
+
+@pytest.mark.parametrize("name", ["bias_ratio_twin", "propagation_twin", "conv_twin"])
+def test_twins_are_exported_and_documented(name):
+    doc = getattr(widgets, name).__doc__
+    assert name in widgets.__all__ and all(part in doc for part in ("Parameters", "Returns", "Raises"))

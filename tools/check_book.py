@@ -2,8 +2,8 @@
 
 Builds the HTML with Sphinx warnings as errors (table of contents, cross-references,
 citations, glossary terms, exercise labels) from a copy of ``_config.yml`` whose only change
-is ``execute.execute_notebooks: off``. ``make test`` runs it after nbval has executed every
-notebook, so executing them again here would only cost time.
+is ``execute.execute_notebooks: off``: a check in about a minute while writing prose
+(``make structure``). ``make test`` builds the executed book with the same ``-W`` instead.
 
     python tools/check_book.py
 """
@@ -26,6 +26,10 @@ def main() -> int:
     # that every key the prose cites is glued by a cell of the same notebook.
     sphinx = config.setdefault("sphinx", {}).setdefault("config", {})
     sphinx["suppress_warnings"] = list(sphinx.get("suppress_warnings", [])) + ["mystnb.glue"]
+    # jupyter-book resolves the paths of local extensions against the config file's folder.
+    local = config["sphinx"].get("local_extensions") or {}
+    config["sphinx"]["local_extensions"] = {name: str((ROOT / path).resolve())
+                                            for name, path in local.items()}
     OUT.mkdir(parents=True, exist_ok=True)
     cfg = OUT / "_config.yml"
     cfg.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -8,14 +8,14 @@ controls through the shared factory :func:`leakutils.widgets.panel.build_panel`.
 ``ipywidgets`` is imported only when a panel is built.
 
 ========================  ===================================================================
-module                    demo, show, panel
+module                    demo, show, panel, kernel-free twin
 ========================  ===================================================================
-``bias_ratio`` (Ch. 1)    :func:`bias_ratio_demo`, :func:`show_bias_ratio_demo`, :func:`bias_ratio_panel`
-``activations`` (Ch. 2)   :func:`propagation_demo`, :func:`show_propagation_demo`, :func:`propagation_panel`
-``conv`` (Ch. 3)          :func:`conv_demo`, :func:`show_conv_demo`, :func:`conv_panel`
-``exan`` (Ch. 4)          :func:`exan_demo`, :func:`show_exan_demo`, :func:`exan_panel`
-``inversion`` (Ch. 5)     :func:`inversion_demo`, :func:`show_inversion_demo`, :func:`inversion_panel`
-``extraction`` (Ch. 6)    :func:`extraction_demo`, :func:`show_extraction_demo`, :func:`extraction_panel`
+``bias_ratio`` (Ch. 1)    :func:`bias_ratio_demo`, :func:`show_bias_ratio_demo`, :func:`bias_ratio_panel`, :func:`bias_ratio_twin`
+``activations`` (Ch. 2)   :func:`propagation_demo`, :func:`show_propagation_demo`, :func:`propagation_panel`, :func:`propagation_twin`
+``conv`` (Ch. 3)          :func:`conv_demo`, :func:`show_conv_demo`, :func:`conv_panel`, :func:`conv_twin`
+``exan`` (Ch. 4)          :func:`exan_demo`, :func:`show_exan_demo`, :func:`exan_panel`, :func:`exan_twin`
+``inversion`` (Ch. 5)     :func:`inversion_demo`, :func:`show_inversion_demo`, :func:`inversion_panel`, :func:`inversion_twin`
+``extraction`` (Ch. 6)    :func:`extraction_demo`, :func:`show_extraction_demo`, :func:`extraction_panel`, :func:`extraction_twin`
 ========================  ===================================================================
 
 Every live panel has a kernel-free twin for the HTML book: :func:`static_panel` (module
@@ -25,19 +25,21 @@ and stores the drawn results behind one slider that works without a kernel or ne
 Every name is re-exported here, so ``widgets.exan_demo(...)`` works without naming the module.
 """
 from . import panel
-from .activations import PropagationDemo, propagation_demo, propagation_panel, show_propagation_demo
-from .bias_ratio import BiasRatioDemo, bias_ratio_demo, bias_ratio_panel, show_bias_ratio_demo
-from .conv import ConvDemo, conv_demo, conv_panel, show_conv_demo
-from .exan import ExanDemo, exan_demo, exan_panel, show_exan_demo
-from .extraction import ExtractionDemo, extraction_demo, extraction_panel, show_extraction_demo
-from .inversion import inversion_demo, inversion_panel, show_inversion_demo
+from .activations import (PropagationDemo, propagation_demo, propagation_panel, propagation_twin,
+                          show_propagation_demo)
+from .bias_ratio import BiasRatioDemo, bias_ratio_demo, bias_ratio_panel, bias_ratio_twin, show_bias_ratio_demo
+from .conv import ConvDemo, conv_demo, conv_panel, conv_twin, show_conv_demo
+from .exan import ExanDemo, exan_demo, exan_panel, exan_twin, show_exan_demo
+from .extraction import ExtractionDemo, extraction_demo, extraction_panel, extraction_twin, show_extraction_demo
+from .inversion import inversion_demo, inversion_panel, inversion_twin, show_inversion_demo
 from .panel import DEMO_ACTIVATIONS, DEMO_DATASETS
 from .static import StaticPanel, static_panel
 
 __all__ = ["DEMO_DATASETS", "DEMO_ACTIVATIONS", "StaticPanel", "static_panel",
-           "BiasRatioDemo", "bias_ratio_demo", "show_bias_ratio_demo", "bias_ratio_panel",
-           "PropagationDemo", "propagation_demo", "show_propagation_demo", "propagation_panel",
-           "ConvDemo", "conv_demo", "show_conv_demo", "conv_panel",
-           "ExanDemo", "exan_demo", "show_exan_demo", "exan_panel",
-           "inversion_demo", "show_inversion_demo", "inversion_panel",
-           "ExtractionDemo", "extraction_demo", "show_extraction_demo", "extraction_panel"]
+           "BiasRatioDemo", "bias_ratio_demo", "show_bias_ratio_demo", "bias_ratio_panel", "bias_ratio_twin",
+           "PropagationDemo", "propagation_demo", "show_propagation_demo", "propagation_panel", "propagation_twin",
+           "ConvDemo", "conv_demo", "show_conv_demo", "conv_panel", "conv_twin",
+           "ExanDemo", "exan_demo", "show_exan_demo", "exan_panel", "exan_twin",
+           "inversion_demo", "show_inversion_demo", "inversion_panel", "inversion_twin",
+           "ExtractionDemo", "extraction_demo", "show_extraction_demo", "extraction_panel",
+           "extraction_twin"]

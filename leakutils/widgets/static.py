@@ -7,10 +7,16 @@ in one HTML animation made by matplotlib (:meth:`matplotlib.animation.Animation.
 a slider with step buttons that works in any browser, with no kernel and no network. Each
 frame carries a caption line naming the control's value and the score of that run, so the
 reader sees the reconstruction and its score change together.
+
+Each chapter module builds its twin with a function of its own (``bias_ratio_twin``,
+``propagation_twin``, ``conv_twin``, ...) that fixes the grid, the caption and the label,
+and checks the whole grid (:func:`check_values`) before any demo runs.
 """
 from __future__ import annotations
 
 import io
+import itertools
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -20,6 +26,9 @@ import numpy as np
 from ..validate import check_int
 
 __all__ = ["StaticPanel", "static_panel"]
+
+# The chapter modules' twins also use the two unexported helpers below: check_values (a
+# twin's grid of control values, checked before any demo runs) and psnr_text (a score line).
 
 #: Resolution of the frames (dots per inch): the figures of the show functions are 7-8 inches
 #: wide, so 80 dpi gives frames of about 600 pixels, 20-60 KiB each as PNG.
@@ -83,10 +92,11 @@ def _pad(img: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 #: matplotlib's animation controls draw their button icons with Font Awesome from a CDN; the
-#: twin must work offline, so the stylesheet link goes and each icon becomes a text glyph.
-_GLYPHS = {"fa fa-minus": "\u2212", "fa fa-fast-backward": "\u23ee", "fa fa-step-backward": "\u25c1",
+#: twin must work offline, so the stylesheet link goes and each icon becomes a text glyph (from
+#: blocks common fonts cover: the media-control symbols U+23EE/U+23ED often show as empty boxes).
+_GLYPHS = {"fa fa-minus": "\u2212", "fa fa-fast-backward": "\u21e4", "fa fa-step-backward": "\u25c1",
            "fa fa-play fa-flip-horizontal": "\u25c0", "fa fa-pause": "\u275a\u275a", "fa fa-play": "\u25b6",
-           "fa fa-step-forward": "\u25b7", "fa fa-fast-forward": "\u23ed", "fa fa-plus": "+"}
+           "fa fa-step-forward": "\u25b7", "fa fa-fast-forward": "\u21e5", "fa fa-plus": "+"}
 
 
 def _offline(html: str) -> str:
@@ -97,6 +107,40 @@ def _offline(html: str) -> str:
     for cls, glyph in _GLYPHS.items():
         html = html.replace(f'<i class="{cls}"></i>', glyph)
     return html
+
+
+def check_values(name: str, values, check: Callable[[Any], Any]) -> tuple:
+    """The grid of a twin: ``values`` as a tuple of ``check(v)``, 2..``MAX_FRAMES`` distinct ones.
+
+    A twin checks its whole grid before running any demo, so a bad last value fails at once
+    and names the twin's argument rather than the demo's.
+
+    Raises
+    ------
+    TypeError
+        ``values`` is a string or not iterable; whatever ``check`` raises for a value.
+    ValueError
+        Fewer than 2 or more than ``MAX_FRAMES`` values, a value given twice; whatever
+        ``check`` raises for a value.
+    """
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{name} must be a sequence of values (e.g. a tuple or a range), got {values!r}")
+    # one value past the limit is enough to refuse a grid (a long range is never expanded)
+    checked = tuple(check(v) for v in itertools.islice(values, MAX_FRAMES + 1))
+    if not 2 <= len(checked) <= MAX_FRAMES:
+        got = len(checked) if len(checked) <= MAX_FRAMES else f"more than {MAX_FRAMES}"
+        raise ValueError(f"{name} must hold 2..{MAX_FRAMES} values (one frame each), got {got}")
+    if len(set(checked)) != len(checked):
+        raise ValueError(f"{name} must not repeat a value (each is one frame), got {checked}")
+    return checked
+
+
+def psnr_text(psnr: float) -> str:
+    """A PSNR (dB) as a caption reads it: ``"exact"`` when infinite, 0 decimals from 100 dB, else 1."""
+    psnr = float(psnr)
+    if math.isinf(psnr) and psnr > 0:
+        return "exact"
+    return f"{psnr:.0f} dB" if psnr >= 100 else f"{psnr:.1f} dB"
 
 
 def static_panel(demo: Callable, show: Callable, control: str, values: Sequence, *,

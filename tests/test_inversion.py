@@ -274,6 +274,10 @@ def test_gaussian_ssim_is_pytorch_msssim_values_and_gradients():
         assert ours.dtype == dtype and abs(float((ours - theirs).detach())) < 1e-6
         for a, b in zip(torch.autograd.grad(ours, (x, y)), torch.autograd.grad(theirs, (x, y))):
             assert torch.allclose(a, b, atol=1e-7, rtol=1e-4)
+    # the course's reported score (scikit-image, one image at a time) is the same number
+    x = torch.rand(6, 1, 32, 32, generator=g, dtype=torch.float64)
+    y = 0.6 * x + 0.4 * torch.rand(6, 1, 32, 32, generator=g, dtype=torch.float64)
+    assert abs(float(gaussian_ssim(x, y)) - float(metrics.ssim(x, y, gaussian=True).mean())) < 1e-12
     a = torch.rand(2, 1, 16, 16, generator=g)
     assert abs(float(gaussian_ssim(a, a)) - 1) < 1e-6 and float(gaussian_ssim(a, 1 - a)) < 0.5
     assert abs(float(gaussian_ssim(a * 255, a * 255, data_range=255)) - 1) < 1e-6

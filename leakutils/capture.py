@@ -6,6 +6,9 @@ gradient-inversion attacks of the course see.
 """
 from __future__ import annotations
 
+import sys
+import warnings
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
@@ -15,7 +18,7 @@ from torch import nn
 from .core import Update
 from .validate import check_bool, check_callable, check_labels, check_module, check_tensor
 
-__all__ = ["client_update"]
+__all__ = ["client_update", "unwrap_opacus"]
 
 
 def client_update(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -24,12 +27,15 @@ def client_update(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     """Compute the update a client shares: every parameter's gradient averaged over the batch.
 
     The model's weights are not changed and its ``.grad`` fields are left untouched; the
-    model is used in whatever mode (``train``/``eval``) it is in.
+    model is used in whatever mode (``train``/``eval``) it is in. A model wrapped by Opacus
+    (``GradSampleModule``, from ``PrivacyEngine.make_private``) is read through the module it
+    wraps: the same forward pass and weights, parameter names without Opacus' ``_module.``
+    prefix (so attacks see the plain model's names), and no per-sample hooks fired.
 
     Parameters
     ----------
     model : nn.Module
-        The global model, as the server sent it.
+        The global model, as the server sent it (plain or wrapped by Opacus).
     x : torch.Tensor
         The client's private batch, shape ``(M, *input_shape)``, same floating dtype as the
         model (use ``torch.float64`` for exact analytic attacks), values in the data's range.
@@ -63,6 +69,7 @@ def client_update(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         loss), a loss that is not a finite scalar, gradients that are not finite.
     """
     check_module("model", model)
+    wrapper, model = model, unwrap_opacus(model)
     check_tensor("x", x, min_ndim=2, kind=None, finite=False, shape="(M, *input_shape)")
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"y must be a torch tensor of labels (M,), got {type(y).__name__}")
@@ -109,19 +116,67 @@ def client_update(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                                  f"check the weights for overflow (use float64)")
         return loss, grads
 
-    loss, grads = grads_of(x, y)
-    gradients = {n: (g if g is not None else torch.zeros_like(p)).detach()
-                 for n, p, g in zip(names, tensors, grads)}
-    per = None
-    if per_sample:
-        stacks = {n: [] for n in names}
-        for i in range(x.shape[0]):
-            _, gi = grads_of(x[i:i + 1], y[i:i + 1])
-            for n, p, g in zip(names, tensors, gi):
-                stacks[n].append((g if g is not None else torch.zeros_like(p)).detach())
-        per = {n: torch.stack(v) for n, v in stacks.items()}
+    with _opacus_hooks_off(wrapper):
+        loss, grads = grads_of(x, y)
+        gradients = {n: (g if g is not None else torch.zeros_like(p)).detach()
+                     for n, p, g in zip(names, tensors, grads)}
+        per = None
+        if per_sample:
+            stacks = {n: [] for n in names}
+            for i in range(x.shape[0]):
+                _, gi = grads_of(x[i:i + 1], y[i:i + 1])
+                for n, p, g in zip(names, tensors, gi):
+                    stacks[n].append((g if g is not None else torch.zeros_like(p)).detach())
+            per = {n: torch.stack(v) for n, v in stacks.items()}
     return Update(gradients=gradients, batch_size=int(x.shape[0]), loss=float(loss.detach()),
                   input_shape=tuple(x.shape[1:]), per_sample=per)
+
+
+def unwrap_opacus(model: nn.Module) -> nn.Module:
+    """Return the module an Opacus ``GradSampleModule`` wraps, or ``model`` itself.
+
+    The wrapper's forward pass is the wrapped module's, and its parameters are the same
+    tensors under names prefixed ``_module.``. Opacus is only looked up if already imported
+    (a model cannot be wrapped otherwise), so this costs nothing without it. The wrapper's
+    hooks stay registered on the wrapped layers; :func:`client_update` switches them off
+    while it runs.
+
+    Parameters
+    ----------
+    model : nn.Module
+
+    Returns
+    -------
+    nn.Module
+        The innermost wrapped module (wrappers of wrappers are unwrapped too).
+
+    Raises
+    ------
+    TypeError
+        ``model`` not an ``nn.Module``.
+    """
+    check_module("model", model)
+    base = sys.modules.get("opacus.grad_sample.gsm_base")
+    while base is not None and isinstance(model, base.AbstractGradSampleModule):
+        model = model._module
+    return model
+
+
+@contextmanager
+def _opacus_hooks_off(model: nn.Module):
+    """Switch an Opacus wrapper's per-sample hooks off for the block (no ``grad_sample`` left behind)."""
+    enabled = getattr(model, "hooks_enabled", None) if model is not unwrap_opacus(model) else None
+    if enabled is None:
+        yield
+        return
+    model.hooks_enabled = False
+    try:
+        with warnings.catch_warnings():
+            # the switched-off full backward hooks still fire; torch notes that x needs no grad
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            yield
+    finally:
+        model.hooks_enabled = enabled
 
 
 def _cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

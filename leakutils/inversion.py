@@ -28,11 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .defences.output import check_vectors, kept_entries, kept_mask, round_outputs, top_k
 from .inversion_models import (PAPER_CHANNELS, PAPER_WIDTHS, Classifier, InverseTCNN, check_images, check_labels,
                                check_training)
 from .inversion_features import class_averages, gradient_reconstruction, last_layer_activations, total_variation
 from .inversion_loss import gaussian_ssim
-from .output_defences import check_vectors, kept_entries, kept_mask, round_outputs, top_k
 from .validate import check_int, check_seed
 
 __all__ = ["Classifier", "InverseTCNN", "PAPER_CHANNELS", "PAPER_WIDTHS", "COMBINATIONS", "SEED_RESULTS",

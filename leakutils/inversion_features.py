@@ -3,7 +3,7 @@
 ``A^L`` is the minimum-norm activation of the shadow's last hidden layer that its output
 layer maps to the observed vector; ``X~`` is an image optimised through the shadow so that
 its logits match the vector (L2 and total-variation priors, started from a class-average
-image). With top-k truncation only the kept entries count (:mod:`leakutils.output_defences`).
+image). With top-k truncation only the kept entries count (:mod:`leakutils.defences.output`).
 The seed study "Shadow Reconstructions" (TU/e BEP, 2024); Fredrikson et al., CCS 2015.
 """
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .defences.output import check_vectors, kept_mask
 from .inversion_models import Classifier, check_images, check_labels
-from .output_defences import check_vectors, kept_mask
 from .validate import check_int
 
 __all__ = ["class_averages", "total_variation", "gradient_reconstruction", "last_layer_activations"]

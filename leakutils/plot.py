@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-__all__ = ["detach", "to_display", "show_image", "image_grid", "compare_grid", "federated_round"]
+from .validate import check_number
+
+__all__ = ["detach", "psnr_text", "to_display", "show_image", "image_grid", "compare_grid", "federated_round"]
 
 
 def detach(fig):
@@ -37,6 +39,15 @@ def detach(fig):
         raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
     plt.close(fig)
     return fig
+
+
+def psnr_text(psnr: float) -> str:
+    """A PSNR (dB, a real number or +-inf) as a figure reads it: ``"exact"`` when +inf, no decimals
+    from 100 dB, one below. Raises TypeError for a non-number, ValueError for NaN."""
+    psnr = check_number("psnr", psnr, finite=False)
+    if math.isinf(psnr) and psnr > 0:
+        return "exact"
+    return f"{psnr:.0f} dB" if psnr >= 100 else f"{psnr:.1f} dB"
 
 
 def to_display(image: torch.Tensor) -> np.ndarray:
@@ -197,7 +208,7 @@ def compare_grid(truth: torch.Tensor, reconstructed: torch.Tensor, scores=None, 
             below = None
             if k is not None:
                 p = float(scores.psnr[k])
-                below = "exact" if math.isinf(p) else (f"{p:.0f} dB" if p >= 100 else f"{p:.1f} dB")
+                below = psnr_text(p)
                 if scores.ssim.numel():
                     below += f"\nSSIM {float(scores.ssim[k]):.2f}"
             show_image(axes[1, i], rec[r], below=below)

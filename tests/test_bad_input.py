@@ -28,13 +28,15 @@ import torch
 from torch import nn
 
 import leakutils
-from leakutils import (activations, blackbox, book, capture, core, critical_points, data, extraction, flatnets,
-                       inversion, inversion_loss, inversion_models, metamodel, metrics, models, output_defences,
-                       plot, validate)
-from leakutils.attacks import bias_ratio, conv, dlg, exan, labels, residual
+from leakutils import (activations, blackbox, book, capture, core, critical_points, data, defences, extraction,
+                       flatnets, inversion, inversion_loss, inversion_models, metamodel, metrics, models, plot,
+                       validate)
+from leakutils.attacks import bias_ratio, conv, dlg, exan, inverting, labels, pruned, residual
+from leakutils.defences import output as output_defences
 from leakutils.widgets import activations as w_activations
 from leakutils.widgets import bias_ratio as w_bias_ratio
 from leakutils.widgets import conv as w_conv
+from leakutils.widgets import defences as w_defences
 from leakutils.widgets import exan as w_exan
 from leakutils.widgets import extraction as w_extraction
 from leakutils.widgets import inversion as w_inversion
@@ -353,6 +355,14 @@ CASES: list[Case] = [
     Case(bias_ratio.row_inputs, lambda: A(nn.Conv2d(1, 1, 3), update()), ValueError, "has no Linear layer"),
     Case(bias_ratio.layer_input_gradient, lambda: A(mlp(), update(), 3), TypeError, "layer must be a module name"),
 
+    # ---- leakutils.attacks.pruned
+    Case(pruned.reconstruct, lambda: A(mlp(), batch_update()), ValueError, "Use the ExAN attack"),
+    Case(pruned.reconstruct, lambda: A(mlp(), update().map(lambda n, g: g * 0)), ValueError,
+         "every bias gradient of 'fc1' is 0"),
+    Case(pruned.reconstruct, lambda: A(models.MLP((1, 4, 4), (6,), 3, bias=False, dtype=torch.float64),
+                                       update()), ValueError, "has no bias"),
+    Case(pruned.reconstruct, lambda: A("net", update()), TypeError, "model must be a torch.nn.Module"),
+
     # ---- leakutils.attacks.dlg
     Case(dlg.reconstruct, lambda: A(mlp(), update(), iterations=0), ValueError, "iterations must be an integer >= 1"),
     Case(dlg.reconstruct, lambda: A(mlp(), update(), labels="guess"), ValueError, "labels must be one of"),
@@ -364,6 +374,20 @@ CASES: list[Case] = [
     Case(dlg.reconstruct, lambda: A(models.MLP((1, 4, 4), (5,), 3, dtype=torch.float64), update()), ValueError,
          "the update does not come from this model"),
     Case(dlg.reconstruct, lambda: A(mlp, update()), TypeError, "model must be a torch.nn.Module"),
+
+    # ---- leakutils.attacks.inverting
+    Case(inverting.reconstruct, lambda: A(mlp(), update(), iterations=0), ValueError,
+         "iterations must be an integer >= 1"),
+    Case(inverting.reconstruct, lambda: A(mlp(), update(), tv=-1.0), ValueError, "tv must be a number in [0, inf]"),
+    Case(inverting.reconstruct, lambda: A(mlp(), update(), init="zeros"), ValueError, "init must be None, 'random'"),
+    Case(inverting.reconstruct, lambda: A(mlp(), update(), init=x()), ValueError, "init must have shape (1, 1, 4, 4)"),
+    Case(inverting.reconstruct, lambda: A(mlp(), update(), labels=torch.tensor([5])), ValueError,
+         "labels must lie in [0, 3)"),
+    Case(inverting.reconstruct, lambda: A(mlp(), update(), boxed="yes"), TypeError, "boxed must be True or False"),
+    Case(inverting.reconstruct, lambda: A(mlp(), update().map(lambda n, g: 0 * g)), ValueError, "the update is zero"),
+    Case(inverting.reconstruct, lambda: A("model", update()), TypeError, "model must be a torch.nn.Module"),
+    Case(inverting.total_variation, lambda: A(torch.zeros(3)), ValueError, "total variation needs"),
+    Case(inverting.total_variation, lambda: A(y()), TypeError, "images must be a floating torch tensor"),
 
     # ---- leakutils.attacks.conv (R-CONV, R-GAP and the equation builders)
     Case(conv.reconstruct, lambda: A(cnn(), cnn_update(), method="x"), ValueError, "method must be one of"),
@@ -501,7 +525,7 @@ CASES: list[Case] = [
          lambda: A(2, torch.rand(3, 4), torch.tensor([0, 1, 5]), torch.rand(2, 4), sizes=SIZES), ValueError,
          "labels must lie in [0, 2)"),
 
-    # ---- leakutils.inversion, inversion_models, output_defences (Chapter 5)
+    # ---- leakutils.inversion, inversion_models, defences.output (Chapter 5)
     Case(inversion.Classifier, lambda: A(image_size=28), ValueError, "image_size must be a positive multiple of 8"),
     Case(inversion.Classifier, lambda: A(dropout=1.5), ValueError, "dropout must lie in [0, 1)"),
     Case(inversion.Classifier.forward, lambda: A(classifier(), torch.rand(2, 1, 28, 28)), ValueError,
@@ -568,6 +592,83 @@ CASES: list[Case] = [
     Case(output_defences.top_k, lambda: A(vectors(), 2.0), TypeError, "k must be an integer, got float"),
     Case(output_defences.kept_mask, lambda: A(vectors(), 9, None), ValueError, "k must be an integer in 1..5"),
 
+    # ---- leakutils.defences (Chapter 7) and capture of an Opacus-wrapped model
+    Case(capture.unwrap_opacus, lambda: A("model"), TypeError, "model must be a torch.nn.Module"),
+    Case(defences.clip, lambda: A("u", 1.0), TypeError, "update must be a leakutils Update"),
+    Case(defences.clip, lambda: A(update(), 0.0), ValueError, "max_norm must be a number in (0, inf]"),
+    Case(defences.clip, lambda: A(update(), "1"), TypeError, "max_norm must be a real number"),
+    Case(defences.global_norm, lambda: A({}), TypeError, "update must be a leakutils Update"),
+    Case(defences.gaussian_noise, lambda: A(update(), -1.0), ValueError, "std must be a number in [0, inf]"),
+    Case(defences.gaussian_noise, lambda: A(update(), 0.1, seed=-1), ValueError,
+         "seed must be an integer in 0..4294967295"),
+    Case(defences.gaussian_noise, lambda: A(update(), 0.1, seed=1.5), TypeError, "seed must be an integer"),
+    Case(defences.gaussian_noise, lambda: A(update(), 0.1, relative=1), TypeError, "relative must be True or False"),
+    Case(defences.clip_and_noise, lambda: A(update(), 1.0, -1.0), ValueError,
+         "noise_multiplier must be a number in [0, inf]"),
+    Case(defences.prune, lambda: A(update(), 1.0), ValueError, "fraction must be a number in [0, 1)"),
+    Case(defences.prune, lambda: A(update(), NAN), ValueError, "fraction must be a finite number"),
+    Case(defences.quantise, lambda: A(update(), "int4"), ValueError, "scheme must be one of"),
+    Case(defences.quantise, lambda: A(update(), 8), TypeError, "scheme must be a string"),
+    Case(defences.secure_aggregation, lambda: A([]), ValueError, "updates is empty"),
+    Case(defences.secure_aggregation, lambda: A(update()), TypeError, "updates must be a list of Update"),
+    Case(defences.secure_aggregation, lambda: A([update(), cnn_update()]), ValueError, "other parameter names"),
+    Case(defences.secure_aggregation, lambda: A([update(), update().map(lambda n, g: g.float())]), ValueError,
+         "every client must send an update of the same model"),
+    Case(defences.secure_aggregation,
+         lambda: A([update(), core.Update(update().gradients, 1, 0.0, (16,))]), ValueError, "has input_shape (16,)"),
+    Case(defences.secure_aggregation, lambda: A([update(), batch_update()], weights=[1.0]), ValueError,
+         "weights must have one entry per update"),
+    Case(defences.secure_aggregation, lambda: A([update(), batch_update()], weights=[-1.0, 1.0]), ValueError,
+         "weights must be finite and non-negative"),
+    Case(defences.client_updates, lambda: A(mlp(), x(), y(), 3), ValueError, "clients must be an integer in 1..2"),
+    Case(defences.client_updates, lambda: A(mlp(), torch.rand(3, 1, 4, 4, dtype=torch.float64),
+                                            torch.tensor([0, 1, 2]), 2), ValueError, "clients must divide"),
+    Case(defences.client_updates, lambda: A(mlp(), x(), [0, 2], 1), TypeError, "y must be a torch tensor"),
+    Case(defences.dp_sgd_update, lambda: A(mlp(), x(), y(), noise_multiplier=-1.0), ValueError,
+         "noise_multiplier must be a number in [0, inf]"),
+    Case(defences.dp_sgd_update, lambda: A(mlp(), x(), y(), noise_multiplier=1.0, max_grad_norm=0.0), ValueError,
+         "max_grad_norm must be a number in (0, inf]"),
+    Case(defences.dp_sgd_update, lambda: A(mlp(), x(), y(), noise_multiplier=1.0, dataset_size=1), ValueError,
+         "dataset_size (1) must be at least the batch size (2)"),
+    Case(defences.dp_sgd_update, lambda: A(mlp(), x(), y(), noise_multiplier=1.0, accountant="gdp"), ValueError,
+         "accountant must be one of"),
+    Case(defences.dp_sgd_update, lambda: A(mlp(), x().float(), y(), noise_multiplier=1.0), TypeError,
+         "convert one of them"),
+    Case(defences.epsilon, lambda: A(1.0, 0.0, 1, 1e-5), ValueError, "sample_rate must be a number in (0, 1]"),
+    Case(defences.epsilon, lambda: A(1.0, 0.1, 0, 1e-5), ValueError, "steps must be an integer >= 1"),
+    Case(defences.epsilon, lambda: A(1.0, 0.1, 1, 1.0), ValueError, "delta must be a number in (0, 1)"),
+    Case(defences.epsilon, lambda: A(1.0, 0.1, 1, 1e-5, "moments"), ValueError, "accountant must be one of"),
+    Case(defences.fedavg_update, lambda: A(mlp(), x(), y(), lr=0.0), ValueError, "lr must be a number in (0, inf]"),
+    Case(defences.fedavg_update, lambda: A(mlp(), x(), y(), lr=0.1, local_steps=2, epochs=2), ValueError,
+         "give local_steps or epochs, not both"),
+    Case(defences.fedavg_update, lambda: A(mlp(), x(), y(), lr=0.1, local_batch=3), ValueError,
+         "local_batch must be an integer in 1..2"),
+    Case(defences.fedavg_update, lambda: A(mlp(), x(), y(), lr=0.1, local_steps=1.0), TypeError,
+         "local_steps must be an integer"),
+    Case(defences.update_from_weights, lambda: A({"a": torch.zeros(2)}, {"b": torch.zeros(2)}, lr=1.0,
+                                                 batch_size=1, input_shape=2), ValueError,
+         "sent and returned must hold the same parameters"),
+    Case(defences.update_from_weights, lambda: A([torch.zeros(2)], [torch.zeros(2)], lr=1.0, batch_size=1,
+                                                 input_shape=2), TypeError, "pass names="),
+    Case(defences.update_from_weights, lambda: A({"a": torch.zeros(2)}, {"a": torch.zeros(3)}, lr=1.0,
+                                                 batch_size=1, input_shape=2), ValueError,
+         "the weights must come from the same model"),
+    Case(defences.update_from_weights, lambda: A({"a": torch.zeros(2)}, {"a": torch.full((2,), NAN)}, lr=1.0,
+                                                 batch_size=1, input_shape=2), ValueError, "contains NaN"),
+    Case(defences.update_from_weights, lambda: A({"a": np.zeros(2, dtype=int)}, {"a": np.zeros(2, dtype=int)},
+                                                 lr=1.0, batch_size=1, input_shape=2), TypeError,
+         "must be a floating tensor or array"),
+    Case(defences.update_from_weights, lambda: A({"a": torch.zeros(2)}, {"a": torch.zeros(2)}, lr=-1.0,
+                                                 batch_size=1, input_shape=2), ValueError, "lr must be a number"),
+    Case(defences.soteria, lambda: A(mlp(), x(), y(), prune_fraction=1.0), ValueError,
+         "prune_fraction must be a number in [0, 1)"),
+    Case(defences.soteria, lambda: A(mlp(), x(), y(), layer="act1"), TypeError, "not a Linear"),
+    Case(defences.soteria, lambda: A(mlp(), x(), y(), layer="fc9"), ValueError, "the model has no layer named"),
+    Case(defences.soteria, lambda: A(mlp(), x(), y(), return_mask="yes"), TypeError,
+         "return_mask must be True or False"),
+    Case(defences.feature_scores, lambda: A(mlp(), x().float()), TypeError, "convert one of them"),
+    Case(defences.feature_scores, lambda: A(mlp(), x(), layer=3), TypeError, "layer must be a module name"),
+
     # ---- leakutils.widgets (demo functions and panels; the panels validate before building widgets)
     Case(panel.check_int, lambda: A("width", 1.5, 1), TypeError, "width must be an integer"),
     Case(panel.check_choice, lambda: A("dataset", "cifar10", panel.DEMO_DATASETS), ValueError,
@@ -581,7 +682,10 @@ CASES: list[Case] = [
     Case(panel.build_panel, lambda: A(print, print, {}), ValueError, "controls must be a non-empty dict"),
     Case(w_static.static_panel, lambda: A("demo", print, "x", (1, 2)), TypeError, "must be callables"),
     Case(w_static.static_panel, lambda: A(print, print, 3, (1, 2)), TypeError, "control must be the name"),
-    Case(w_static.static_panel, lambda: A(print, print, "x", (1,)), ValueError, "needs 2..40 values"),
+    Case(w_static.static_panel, lambda: A(print, print, "x", (1,)), ValueError, "values must hold 2..40 values"),
+    Case(w_static.static_panel, lambda: A(print, print, "x", (1, 1)), ValueError, "values must not repeat"),
+    Case(plot.psnr_text, lambda: A("x"), TypeError, "psnr must be"),
+    Case(plot.psnr_text, lambda: A(NAN), ValueError, "psnr"),
     Case(w_static.static_panel, lambda: A(print, print, "x", (1, 2), dpi=5), ValueError, "dpi"),
     Case(w_static.check_values, lambda: A("sizes", "12", int), TypeError, "sizes must be a sequence"),
     Case(w_static.check_values, lambda: A("sizes", (1, 2, 1), int), ValueError, "sizes must not repeat"),
@@ -610,6 +714,14 @@ CASES: list[Case] = [
     Case(w_extraction.extraction_twin, lambda: A((0, 4)), ValueError, "lines must be an integer in 1..12"),
     Case(inversion_loss.gaussian_ssim, lambda: A(torch.ones(1, 1, 4, 4), torch.ones(1, 1, 4, 4)), ValueError,
          "H, W >= 11"),
+    Case(w_defences.defence_demo, lambda: A("noise 1"), ValueError, "setting must be one of"),
+    Case(w_defences.defence_demo, lambda: A("secure aggregation K=32", "digits", 1780), ValueError,
+         "runs past the end"),
+    Case(w_defences.defence_demo, lambda: A("none", width=8), ValueError, "width must be an integer in 16..4096"),
+    Case(w_defences.show_defence_demo, lambda: A(None), TypeError, "expected the DefenceDemo"),
+    Case(w_defences.defence_panel, lambda: A(width=5000), ValueError, "width must be an integer in 16..4096"),
+    Case(w_defences.defence_twin, lambda: A(("none", "none")), ValueError, "must not repeat a value"),
+    Case(w_defences.defence_twin, lambda: A(("none", "prune 12%")), ValueError, "setting must be one of"),
 ]
 
 #: Public callables with no input to validate, by qualified name (any public path or the
@@ -633,6 +745,7 @@ EXEMPT: dict[str, str] = {
     "leakutils.widgets.exan.exan_panel": "takes no arguments (an ipywidgets panel)",
     "leakutils.widgets.extraction.extraction_panel": "takes no arguments (an ipywidgets panel)",
     "leakutils.widgets.bias_ratio.BiasRatioDemo": "a result record built only by bias_ratio_demo",
+    "leakutils.widgets.defences.DefenceDemo": "a result record built only by defence_demo",
     "leakutils.widgets.activations.PropagationDemo": "a result record built only by propagation_demo",
     "leakutils.widgets.conv.ConvDemo": "a result record built only by conv_demo",
     "leakutils.widgets.exan.ExanDemo": "a result record built only by exan_demo",
@@ -646,6 +759,7 @@ EXEMPT: dict[str, str] = {
     "leakutils.attacks.exan.Sample": "a result record built only by exan.reconstruct",
     "leakutils.attacks.exan.ExanDiagnostics": "a result record built only by exan.reconstruct",
     "leakutils.attacks.exan.NoiseEstimate": "a result record built only by exan.reconstruct",
+    "leakutils.defences.dp.DPReport": "a result record built only by dp_sgd_update",
 }
 
 #: Public callables that do not yet refuse bad input clearly, by qualified name, with the

@@ -133,15 +133,20 @@ def test_gaussian_ssim_option():
         metrics.ssim(a[..., :8, :8], a[..., :8, :8], gaussian=True)
 
 
-def test_lab_and_panel(digits32):
-    from leakutils import widgets
-
-    x, y = digits32
+def _small_lab(x, y):
+    """Target (digits 0-149) and shadow (150-299) narrow classifiers, one epoch each, in a Lab."""
     torch.manual_seed(0)
     target, shadow = inv.Classifier(channels=(4, 8, 8)), inv.Classifier(channels=(4, 8, 8))
     inv.train_classifier(target, x[:150], y[:150], epochs=1, seed=0)
     inv.train_classifier(shadow, x[150:300], y[150:300], epochs=1, seed=1)
-    lab = inv.Lab(target, shadow, inv.class_averages(x[150:300], y[150:300]), steps=3)
+    return target, shadow, inv.Lab(target, shadow, inv.class_averages(x[150:300], y[150:300]), steps=3)
+
+
+def test_lab_and_panel(digits32):
+    from leakutils import widgets
+
+    x, y = digits32
+    target, shadow, lab = _small_lab(x, y)
     parts = lab.parts(inv.outputs(shadow, x[150:200]))
     sc = inv.FeatureScaler(parts)
     f = inv.features(parts, "O+X", sc)
@@ -314,11 +319,7 @@ def test_inversion_twin_steps_through_k_without_retraining(digits32):
     from leakutils import widgets
 
     x, y = digits32
-    torch.manual_seed(0)
-    target, shadow = inv.Classifier(channels=(4, 8, 8)), inv.Classifier(channels=(4, 8, 8))
-    inv.train_classifier(target, x[:150], y[:150], epochs=1, seed=0)
-    inv.train_classifier(shadow, x[150:300], y[150:300], epochs=1, seed=1)
-    lab = inv.Lab(target, shadow, inv.class_averages(x[150:300], y[150:300]), steps=3)
+    target, shadow, lab = _small_lab(x, y)
     o_s = inv.outputs(shadow, x[150:300])
     for k in (10, 1):
         parts = {"O": o_s if k == 10 else inv.top_k(o_s, k)}

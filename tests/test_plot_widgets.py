@@ -107,7 +107,8 @@ def test_extraction_demo_complete_and_short_search():
 
 
 @pytest.mark.parametrize("make", [lambda: widgets.bias_ratio_panel(width=32), widgets.conv_panel,
-                                  widgets.exan_panel, widgets.extraction_panel])
+                                  widgets.exan_panel, widgets.extraction_panel,
+                                  lambda: widgets.defence_panel(width=64)])
 def test_panel_builds(make):
     import ipywidgets  # part of the test extra
 
@@ -169,7 +170,7 @@ def test_panel_factory_wires_controls_to_demo_and_show():
 
 
 def test_package_exports_every_chapter_with_docstrings():
-    chapters = ("bias_ratio", "propagation", "conv", "exan", "inversion", "extraction")
+    chapters = ("bias_ratio", "propagation", "conv", "exan", "inversion", "extraction", "defence")
     parts = (("", "_demo"), ("show_", "_demo"), ("", "_panel"))
     names = [f"{kind}{c}{suffix}" for c in chapters for kind, suffix in parts]
     assert set(names) | {"DEMO_DATASETS", "DEMO_ACTIVATIONS"} <= set(widgets.__all__)
@@ -406,12 +407,37 @@ def test_twins_refuse_bad_grids_before_running(call, error, match):
 
 
 def test_psnr_text_reads_as_the_figures_do():
-    from leakutils.widgets.static import psnr_text
+    from leakutils.plot import psnr_text
 
     assert psnr_text(float("inf")) == "exact" and psnr_text(318.4) == "318 dB" and psnr_text(12.34) == "12.3 dB"
 
 
-@pytest.mark.parametrize("name", ["bias_ratio_twin", "propagation_twin", "conv_twin"])
+@pytest.mark.parametrize("name", ["bias_ratio_twin", "propagation_twin", "conv_twin", "defence_twin"])
 def test_twins_are_exported_and_documented(name):
     doc = getattr(widgets, name).__doc__
     assert name in widgets.__all__ and all(part in doc for part in ("Parameters", "Returns", "Raises"))
+
+
+def test_defence_demo_takes_the_best_attack_and_knows_the_defence():
+    clean = widgets.defence_demo("none", width=256)
+    assert clean.psnr > 250 and clean.epsilon is None and clean.noise_std == 0
+    # pruning: the ratio of the surviving entries beats the rank-one fit, which reads zeros as data
+    sparse = widgets.defence_demo("prune 90%", width=256)
+    assert sparse.best == "bias ratio, surviving entries" and sparse.psnr > 250
+    assert sparse.attacks["bias ratio"] < 30
+    # DP-SGD: the noise the server knows, and a finite epsilon
+    dp = widgets.defence_demo("DP-SGD 0.1", width=256)
+    assert dp.psnr < 20 and 0 < dp.epsilon < float("inf") and dp.noise_std == pytest.approx(0.1)
+    # secure aggregation of 8 one-image clients is a batch of 8 to ExAN
+    secagg = widgets.defence_demo("secure aggregation K=8", width=1024)
+    assert secagg.best == "ExAN" and secagg.psnr > 100
+    assert isinstance(widgets.show_defence_demo(dp), matplotlib.figure.Figure)
+
+
+def test_defence_twin_one_frame_per_setting():
+    twin = widgets.defence_twin(("none", "noise 1e-2", "DP-SGD 0.1"), width=256)
+    frames = _frames(twin)
+    assert twin.values == ("none", "noise 1e-2", "DP-SGD 0.1") and len(set(frames)) == 3
+    psnr = [r.psnr for r in twin.results]
+    assert psnr[0] > psnr[1] > psnr[2]
+    assert twin.captions[0].startswith("defence = none:  best attack ")

@@ -4,9 +4,13 @@
 - :mod:`leakutils.attacks.labels`: labels from the output layer's gradient (iDLG).
 - :mod:`leakutils.attacks.conv`: one sample through conv layers as linear systems (R-CONV; Chapter 3).
 - :mod:`leakutils.attacks.dlg`: Deep Leakage from Gradients, the optimisation baseline (Chapter 3).
+- :mod:`leakutils.attacks.inverting`: Inverting Gradients, cosine gradient matching with a
+  total-variation prior (Geiping et al. 2020).
+- :mod:`leakutils.attacks.pruned`: the bias ratio of a pruned update, read from the entries
+  that survived (Chapter 7).
 - :mod:`leakutils.attacks.residual`: the gradient-residual check every gradient attack ends
   with, public so that any reconstruction can be checked against the update.
 """
-from . import bias_ratio, conv, dlg, exan, labels, residual
+from . import bias_ratio, conv, dlg, exan, inverting, labels, pruned, residual
 
-__all__ = ["bias_ratio", "conv", "dlg", "exan", "labels", "residual"]
+__all__ = ["bias_ratio", "conv", "dlg", "exan", "inverting", "labels", "pruned", "residual"]

@@ -2,14 +2,25 @@
 
 For a linear layer ``z = W x + b`` and one sample, the chain rule gives
 ``dl/dW[m, :] = dl/dz_m * x`` and ``dl/db_m = dl/dz_m``. Every row ``m`` with
-``dl/db_m != 0`` therefore holds the input, scaled: ``x = dl/dW[m, :] / dl/db_m``.
-:func:`reconstruct` uses all rows whose bias gradient is above a tolerance and solves the
-least-squares problem ``min_x sum_m ||dl/dW[m, :] - dl/db_m x||^2``, whose solution is
+``dl/db_m != 0`` therefore holds the input, scaled: ``x = dl/dW[m, :] / dl/db_m``, and the
+matrix ``A = [dl/dW | dl/db]`` has rank one, ``A = dl/dz [x, 1]^T``.
 
-    x = sum_m dl/db_m dl/dW[m, :] / sum_m (dl/db_m)^2.
+:func:`reconstruct` fits that rank-one model to all rows at once: the top singular triplet
+``A ~ s_1 u v^T`` gives ``v = c [x, 1]``, so
+
+    x = v[:-1] / v[-1].
+
+On a clean update this is the same input as every row's ratio (to round-off, ~1e-15 in
+float64). Under noise it is the best rank-one fit in the Frobenius norm (total least
+squares): the noise of every row, dead ones included, is averaged instead of divided, and
+noise on ``dl/db`` does not shrink the image towards zero as the bias-weighted least squares
+``x = sum_m dl/db_m dl/dW[m, :] / sum_m (dl/db_m)^2`` does. Its first-order standard error
+per pixel is ``sigma sqrt(1 + x_j^2) / (s_1 |v[-1]|)`` (``sigma`` the per-entry noise), see
+:mod:`leakutils.attacks._rank_one`.
 
 For a batch of M samples averaged together (FedSGD), row ``m`` holds
-``sum_i g_im x_i / sum_i g_im``: a mixture of the batch, different for every row.
+``sum_i g_im x_i / sum_i g_im``: a mixture of the batch, different for every row, and ``A``
+has rank up to M; the fit returns one blend of the batch.
 
 :func:`reconstruct` ends with the gradient-residual check
 (:func:`leakutils.attacks.residual.gradient_residual`): the reconstruction is marked
@@ -28,6 +39,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..core import Reconstruction, Update
 from ._common import called_after, check_model_update, check_rtol, feeds_on_input, find_layer, layer_gradient
+from ._rank_one import REPORTED_VALUES, fit as _fit_rank_one
 from .labels import recover_labels
 from .residual import _check_noise, _forward, gradient_residual
 
@@ -107,7 +119,9 @@ def reconstruct(model: nn.Module, update: Update, layer: str | None = None, *, r
         Name of the ``nn.Linear`` layer to invert; default: the first one the forward pass
         calls.
     rtol : float
-        Rows with ``|dl/db_m| <= rtol * max_m |dl/db_m|`` are left out (dead units give 0/0).
+        Rows with ``|dl/db_m| <= rtol * max_m |dl/db_m|`` are not counted as used (dead units)
+        in ``rows_used`` and ``residual``; the rank-one fit itself uses every row (a dead row
+        is zero and adds nothing; under noise it adds noise that the fit averages).
     allow_batch : bool
         The bias ratio recovers one sample. For an update averaged over M > 1 samples it
         returns a mixture of the batch; pass True to get that mixture anyway (Chapter 1
@@ -120,7 +134,8 @@ def reconstruct(model: nn.Module, update: Update, layer: str | None = None, *, r
     noise : float, optional
         Per-entry standard deviation of noise added to the update (absolute, in gradient
         units; e.g. a DP noise level the server knows), allowed for by the final gradient-
-        residual check. Default: none (a clean update; round-off only).
+        residual check and by the standard error and the guard of the fit. Default: none (a
+        clean update; round-off only).
 
     Returns
     -------
@@ -130,12 +145,25 @@ def reconstruct(model: nn.Module, update: Update, layer: str | None = None, *, r
         ``labels`` as described; ``determined`` all True when the reconstruction passes the
         gradient-residual check (every input value appears in every used row), all False
         when it does not (a batch mixture, an activation or normalisation the algebra does not
-        see). ``diagnostics``: ``consistent`` (the check's verdict), ``gradient_residual``
+        see, a bias gradient drowned in noise). ``diagnostics``: ``consistent`` (the check's verdict), ``gradient_residual``
         (the :class:`~leakutils.attacks.residual.GradientResidual`; for a deeper layer it
         covers the layers from the attacked one on), ``check_relative_residual``,
         ``check_scale`` (1.0, or the factor of a clipped update), ``layer``, ``rows_used`` (int64 indices), ``n_rows_used``,
         ``n_rows``, ``residual`` (relative Frobenius residual of the used rows: ~1e-16 for one
-        sample, large for a mixture), ``gradient_rank`` (if ``diagnose``), ``batch_size``,
+        sample, large for a mixture), ``fit`` ("rank-one SVD"), ``fit_method`` ("power
+        iteration" from the bias column, or "full SVD" when the singular gap is small),
+        ``singular_values`` (the largest five of ``[dl/dW | dl/db]``, floats),
+        ``standard_error`` (float64, shape of ``images``: first-order per-pixel standard error
+        ``sigma sqrt(1 + x^2) / (s_1 |v[-1]|)`` in the input's units), ``noise_level`` (the
+        ``sigma`` used there and in the guard below: the stated ``noise`` or, for one sample
+        and when larger, ``noise_estimate``),
+        ``noise_estimate`` (``s_2 / (sqrt(rows) + sqrt(cols))``: the per-entry noise that the
+        second singular value implies for one sample; for a batch it measures the second
+        sample instead), ``scale_determined`` (False when ``|v[-1]|`` is within
+        ``leakutils.attacks._rank_one.GUARD_FACTOR`` standard deviations of zero: the bias gradient is drowned,
+        ``images`` is then the least-squares estimate ``(db @ dW) / (db @ db)`` over all rows, not
+        determined), ``fit_note``
+        (why, or empty), ``gradient_rank`` (if ``diagnose``), ``batch_size``,
         ``seconds`` (wall time), ``dtype`` ("float64"), ``label_method``, ``label_count``,
         ``direction_fixed`` (for a batch, M > 1: True when the layer's output-gradient direction
         does not move with its input, as in a ReLU network with 2 logits; a blend of samples in
@@ -168,20 +196,31 @@ def reconstruct(model: nn.Module, update: Update, layer: str | None = None, *, r
             f"would return a mixture of the batch. Pass allow_batch=True to see that mixture, or use "
             f"the ExAN attack (Chapter 4) to separate the samples.")
     rows = _rows(db, name, rtol)
+    eps = torch.finfo(update.gradients[f"{name}.weight"].dtype).eps
+    # the top singular triplet of [dW | db] over all rows, with every singular value (one SVD)
+    fit = _fit_rank_one(torch.cat([dW, db[:, None]], dim=1), noise, eps, update.batch_size == 1)
+    sv, x = fit.singular_values, fit.x
     w, G = db[rows], dW[rows]
-    x = (w @ G) / (w @ w)  # w @ w >= (rtol * max|db|)^2 > 0: a guarded division
     norm = float(torch.linalg.vector_norm(G))
     residual = float(torch.linalg.vector_norm(G - w[:, None] * x[None, :])) / norm if norm > 0 else 0.0
     diagnostics = {
         "layer": name, "rows_used": rows, "n_rows_used": int(rows.numel()), "n_rows": int(db.numel()),
         "residual": residual, "batch_size": update.batch_size, "dtype": "float64", "rtol": rtol,
+        "fit": "rank-one SVD", "fit_method": fit.method,
+        "singular_values": [float(v) for v in sv[:REPORTED_VALUES]],
+        "scale_determined": fit.scale_determined, "noise_level": fit.noise_level,
+        "noise_estimate": fit.noise_estimate, "fit_note": "",
     }
-    # singular values of [dW | db], computed once for the rank diagnostic and the rank-one test
-    sv = _singular_values(torch.cat([dW, db[:, None]], dim=1))
+    if not fit.scale_determined:
+        diagnostics["fit_note"] = (
+            f"|v[-1]| = {abs(float(fit.v[-1])):.2e} of the top singular vector is within the noise "
+            f"(noise level {fit.noise_level:.2e} per entry): the bias gradient is drowned, so the "
+            f"image's sign and scale are not fixed; the least-squares estimate is returned, not determined")
     if diagnose:
         diagnostics["gradient_rank"] = int((sv > sv[0] * 1e-9).sum()) if sv[0] > 0 else 0
     on_input = feeds_on_input(model, name, lin.in_features, update.input_shape)
     images = x.reshape(1, *update.input_shape) if on_input else x.reshape(1, -1)
+    diagnostics["standard_error"] = fit.standard_error.reshape(images.shape)
     rec_labels = None
     if labels:
         found = recover_labels(model, update)
@@ -201,7 +240,7 @@ def reconstruct(model: nn.Module, update: Update, layer: str | None = None, *, r
         consistent = consistent and resolution <= MAX_RELATIVE_TOLERANCE
     rank_one = _rank_one(sv, dW.shape, update, name, noise)
     diagnostics["second_singular_value_ratio"] = rank_one
-    consistent = consistent and rank_one <= 1.0
+    consistent = consistent and rank_one <= 1.0 and fit.scale_determined
     diagnostics["direction_fixed"], diagnostics["batch_note"] = None, ""
     if consistent and update.batch_size > 1:
         # M > 1 and one image: right only if every sample is this image. The rank-one test shows
@@ -226,11 +265,6 @@ def reconstruct(model: nn.Module, update: Update, layer: str | None = None, *, r
     determined = torch.full_like(images, consistent, dtype=torch.bool)
     return Reconstruction(images=images, labels=rec_labels, determined=determined,
                           diagnostics=diagnostics, attack="bias_ratio")
-
-
-def _singular_values(A: torch.Tensor) -> torch.Tensor:
-    """Singular values of ``A``, taken from its tall orientation (LAPACK is about twice as fast there)."""
-    return torch.linalg.svdvals(A if A.shape[0] >= A.shape[1] else A.T)
 
 
 def _rank_one(s, shape, update, name, noise) -> float:

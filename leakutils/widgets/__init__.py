@@ -16,6 +16,7 @@ module                    demo, show, panel, kernel-free twin
 ``exan`` (Ch. 4)          :func:`exan_demo`, :func:`show_exan_demo`, :func:`exan_panel`, :func:`exan_twin`
 ``inversion`` (Ch. 5)     :func:`inversion_demo`, :func:`show_inversion_demo`, :func:`inversion_panel`, :func:`inversion_twin`
 ``extraction`` (Ch. 6)    :func:`extraction_demo`, :func:`show_extraction_demo`, :func:`extraction_panel`, :func:`extraction_twin`
+``defences`` (Ch. 7)      :func:`defence_demo`, :func:`show_defence_demo`, :func:`defence_panel`, :func:`defence_twin`
 ========================  ===================================================================
 
 Every live panel has a kernel-free twin for the HTML book: :func:`static_panel` (module
@@ -27,6 +28,7 @@ Every name is re-exported here, so ``widgets.exan_demo(...)`` works without nami
 from . import panel
 from .activations import (PropagationDemo, propagation_demo, propagation_panel, propagation_twin,
                           show_propagation_demo)
+from .defences import DefenceDemo, defence_demo, defence_panel, defence_twin, show_defence_demo
 from .bias_ratio import BiasRatioDemo, bias_ratio_demo, bias_ratio_panel, bias_ratio_twin, show_bias_ratio_demo
 from .conv import ConvDemo, conv_demo, conv_panel, conv_twin, show_conv_demo
 from .exan import ExanDemo, exan_demo, exan_panel, exan_twin, show_exan_demo
@@ -42,4 +44,4 @@ __all__ = ["DEMO_DATASETS", "DEMO_ACTIVATIONS", "StaticPanel", "static_panel",
            "ExanDemo", "exan_demo", "show_exan_demo", "exan_panel", "exan_twin",
            "inversion_demo", "show_inversion_demo", "inversion_panel", "inversion_twin",
            "ExtractionDemo", "extraction_demo", "show_extraction_demo", "extraction_panel",
-           "extraction_twin"]
+           "extraction_twin", "DefenceDemo", "defence_demo", "show_defence_demo", "defence_panel", "defence_twin"]

@@ -11,7 +11,7 @@ from ..capture import client_update
 from ..core import Reconstruction
 from ..metrics import Scores
 from . import panel
-from .static import FRAME_DPI, StaticPanel, check_values, psnr_text, static_panel
+from .static import FRAME_DPI, StaticPanel, check_values, static_panel
 
 __all__ = ["BiasRatioDemo", "bias_ratio_demo", "show_bias_ratio_demo", "bias_ratio_panel", "bias_ratio_twin"]
 
@@ -29,7 +29,7 @@ class BiasRatioDemo:
         The client's batch ``(M, C, H, W)`` float64 in [0, 1] and its labels ``(M,)``.
     classes : tuple of str
     reconstruction : Reconstruction
-        The bias-ratio least-squares reconstruction (one image; a mixture when M > 1).
+        The bias-ratio reconstruction, a rank-one fit (one image; a mixture when M > 1).
     scores : Scores
         Against the closest sample of the batch.
     row_psnr : torch.Tensor
@@ -148,7 +148,7 @@ def _twin_caption(result: BiasRatioDemo) -> str:
     """One frame's score: PSNR against the closest sample, and how many samples one row isolates."""
     m, psnr = result.images.shape[0], result.scores.mean_psnr
     kind = "exact, " if psnr >= 100 else ("a mixture, " if m > 1 else "")
-    return (f"{kind}{psnr_text(psnr)} vs the closest sample; a single row isolates "
+    return (f"{kind}{plot.psnr_text(psnr)} vs the closest sample; a single row isolates "
             f"{result.rows_isolating_a_sample} of {m}")
 
 

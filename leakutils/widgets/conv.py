@@ -9,7 +9,7 @@ from .. import data, metrics, models, plot
 from ..capture import client_update
 from ..core import Reconstruction
 from . import panel
-from .static import FRAME_DPI, StaticPanel, check_values, psnr_text, static_panel
+from .static import FRAME_DPI, StaticPanel, check_values, static_panel
 
 __all__ = ["ConvDemo", "conv_demo", "show_conv_demo", "conv_panel", "conv_twin"]
 
@@ -117,7 +117,7 @@ def show_conv_demo(result: ConvDemo):
     L = result.layer
     det = result.reconstruction.determined[0].double().mean(0)
     plot.show_image(axes[0], result.image[0], "original")
-    psnr = "exact" if result.psnr == float("inf") else f"{result.psnr:.1f} dB"
+    psnr = plot.psnr_text(result.psnr)
     plot.show_image(axes[1], result.reconstruction.images[0], f"R-CONV: {psnr}")
     axes[2].imshow(det.numpy(), cmap="Greens", vmin=0, vmax=1)
     axes[2].set_xticks([])
@@ -152,7 +152,7 @@ def _twin_caption(result: ConvDemo) -> str:
     """One frame's score: the rank against the unknowns, the share of pixels fixed, the PSNR."""
     L = result.layer
     det = float(result.reconstruction.determined.double().mean())
-    return f"rank {L['rank']} of {L['unknowns']}; determined {det:.0%}; PSNR {psnr_text(result.psnr)}"
+    return f"rank {L['rank']} of {L['unknowns']}; determined {det:.0%}; PSNR {plot.psnr_text(result.psnr)}"
 
 
 def conv_twin(filter_counts=TWIN_FILTERS, kernel: int = 5, stride: int = 2, activation: str = "tanh", *,

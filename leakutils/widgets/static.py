@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -27,8 +26,8 @@ from ..validate import check_int
 
 __all__ = ["StaticPanel", "static_panel"]
 
-# The chapter modules' twins also use the two unexported helpers below: check_values (a
-# twin's grid of control values, checked before any demo runs) and psnr_text (a score line).
+# The chapter modules' twins also use the unexported helper check_values below (a twin's grid
+# of control values, checked before any demo runs).
 
 #: Resolution of the frames (dots per inch): the figures of the show functions are 7-8 inches
 #: wide, so 80 dpi gives frames of about 600 pixels, 20-60 KiB each as PNG.
@@ -135,14 +134,6 @@ def check_values(name: str, values, check: Callable[[Any], Any]) -> tuple:
     return checked
 
 
-def psnr_text(psnr: float) -> str:
-    """A PSNR (dB) as a caption reads it: ``"exact"`` when infinite, 0 decimals from 100 dB, else 1."""
-    psnr = float(psnr)
-    if math.isinf(psnr) and psnr > 0:
-        return "exact"
-    return f"{psnr:.0f} dB" if psnr >= 100 else f"{psnr:.1f} dB"
-
-
 def static_panel(demo: Callable, show: Callable, control: str, values: Sequence, *,
                  caption: Callable[[Any], str] | None = None, label: str | None = None,
                  dpi: int = FRAME_DPI, **fixed) -> StaticPanel:
@@ -156,7 +147,7 @@ def static_panel(demo: Callable, show: Callable, control: str, values: Sequence,
     control : str
         The keyword argument of ``demo`` the slider steps through (the panel's main control).
     values : sequence
-        Its values, 2..``MAX_FRAMES`` of them, in slider order.
+        Its values, 2..``MAX_FRAMES`` distinct ones (hashable), in slider order.
     caption : callable, optional
         ``caption(result) -> str``: the score of one run (e.g. ``"PSNR 14.2 dB"``), shown after
         the control's value above the frame. Default: no score line beyond the value.
@@ -178,8 +169,8 @@ def static_panel(demo: Callable, show: Callable, control: str, values: Sequence,
         ``demo`` or ``show`` (or ``caption``) not callable, ``control`` not a string, ``show``
         not returning a matplotlib Figure.
     ValueError
-        Fewer than 2 or more than ``MAX_FRAMES`` values, or a ``dpi`` out of range; whatever
-        ``demo`` raises for a value.
+        Fewer than 2 or more than ``MAX_FRAMES`` values, a value given twice, or a ``dpi`` out
+        of range; whatever ``demo`` raises for a value.
     """
     from matplotlib.animation import ArtistAnimation
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -189,9 +180,7 @@ def static_panel(demo: Callable, show: Callable, control: str, values: Sequence,
         raise TypeError("demo, show and caption must be callables (the chapter's demo and show functions)")
     if not isinstance(control, str):
         raise TypeError(f"control must be the name of demo's keyword argument, got {control!r}")
-    values = tuple(values)
-    if not 2 <= len(values) <= MAX_FRAMES:
-        raise ValueError(f"a static panel needs 2..{MAX_FRAMES} values of {control!r}, got {len(values)}")
+    values = check_values("values", values, lambda v: v)
     dpi = check_int("dpi", dpi, 30, 200)
     label = control if label is None else str(label)
     t0 = time.perf_counter()

@@ -17,6 +17,8 @@ scaled by ``M``, plus ``CHECK_REL_PER_EPS eps`` of rounding relative to what was
    ``U = M - sum n_r`` loss vectors, so each entry lies in ``[-U, U]`` and its negative entries
    add up to at most ``U``; when ``U = 0`` the whole remainder must vanish in every layer.
    Only then is the batch complete.
+   When this fails, no sample passes: the samples and the remainder together do not explain
+   the update, so the batch-size reading or one of them is wrong.
 """
 from __future__ import annotations
 
@@ -143,7 +145,17 @@ def check(net: Net, g: Grads, M: int, X: torch.Tensor, samples: list, sets: list
         worst = max(passed, key=lambda m: (alone[m], m))
         passed.remove(worst)
         _fail(samples[worst], f"the recovered multiplicities exceed the batch size {M}")
-    return passed, _batch(S, M, passed, sigma, eps)
+    report = _batch(S, M, passed, sigma, eps)
+    if passed and not report["consistent"]:
+        # each sample explains its own ExANs, yet together they and the remainder do not explain
+        # the update: the batch-size reading or one of them is wrong, and nothing says which
+        for m in passed:
+            _fail(samples[m], f"each passes on its own ExANs, but with the batch size read as {M} the remainder "
+                              f"is not the gradient of {report['unexplained']} unrecovered samples "
+                              f"({report['total']:.1f} x the noise allowance): the batch-size reading or a "
+                              f"sample is wrong")
+        passed = []
+    return passed, report
 
 
 def _fail(s, why: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .validate import check_int
+from ..validate import check_int
 
 __all__ = ["round_outputs", "top_k", "kept_entries", "kept_mask", "check_vectors"]
 

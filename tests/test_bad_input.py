@@ -32,7 +32,10 @@ from leakutils import (activations, blackbox, book, capture, core, critical_poin
                        flatnets, inversion, inversion_loss, inversion_models, metamodel, metrics, models, plot,
                        validate)
 from leakutils.attacks import bias_ratio, conv, dlg, exan, inverting, labels, pruned, residual
+from leakutils.defences import matrix as d_matrix
 from leakutils.defences import output as output_defences
+from leakutils.defences import registry as d_registry
+from leakutils.defences import utility as d_utility
 from leakutils.widgets import activations as w_activations
 from leakutils.widgets import bias_ratio as w_bias_ratio
 from leakutils.widgets import conv as w_conv
@@ -669,6 +672,52 @@ CASES: list[Case] = [
     Case(defences.feature_scores, lambda: A(mlp(), x().float()), TypeError, "convert one of them"),
     Case(defences.feature_scores, lambda: A(mlp(), x(), layer=3), TypeError, "layer must be a module name"),
 
+    # ---- leakutils.defences.utility / matrix
+    Case(d_utility.mnist_split, lambda: A(seed=-1), ValueError, "seed must be an integer in 0..4294967295"),
+    Case(d_utility.train, lambda: A(mlp(), "mnist"), TypeError, "data must be an ImageData"),
+    Case(d_utility.train, lambda: A(mlp(), (x(), y()), "noise"), TypeError, "defence must be a callable"),
+    Case(d_utility.train, lambda: A(mlp(), (x(), y()), batch=3), ValueError, "batch must be an integer in 1..2"),
+    Case(d_utility.train, lambda: A(mlp(), (x(), y().float())), TypeError, "labels must be int64"),
+    Case(d_utility.train, lambda: A(mlp(), (x(), torch.tensor([0, 5])), batch=2), ValueError,
+         "labels must lie in [0, 3)"),
+    Case(d_utility.train, lambda: A(mlp(), (x(), y()), lambda m, a, b: "update", batch=2), TypeError,
+         "defence must return an Update"),
+    Case(d_utility.train, lambda: A(mlp(), (x(), y()), lambda m, a, b: core.Update({"w": torch.zeros(1)}, 2, 0.0,
+                                                                                  (1, 4, 4)), batch=2),
+         ValueError, "the defence's update has no gradient"),
+    Case(d_utility.train_dp_sgd, lambda: A(mlp(), (x(), y()), noise_multiplier=-1.0), ValueError,
+         "noise_multiplier must be a number in [0, inf]"),
+    Case(d_utility.train_dp_sgd, lambda: A(mlp(), (x(), y()), noise_multiplier=1.0, batch=2, delta=0.0), ValueError,
+         "delta must be a number in (0, 1)"),
+    Case(d_utility.accuracy, lambda: A(mlp(), (torch.rand(2, 3, dtype=torch.float64), y())), ValueError,
+         "the model does not accept images"),
+    Case(d_utility.accuracy, lambda: A(mlp(), [x()]), TypeError, "data must be an ImageData"),
+    Case(d_registry.defence, lambda: A(3), TypeError, "a defence is named by a string"),
+    Case(d_registry.train_under, lambda: A("gzip", 1, mlp(), (x(), y())), ValueError, "unknown defence 'gzip'"),
+    Case(d_registry.train_under, lambda: A("prune", 1.5, mlp(), (x(), y()), epochs=1, batch=2), ValueError,
+         "fraction must be a number in [0, 1)"),
+    Case(d_matrix.default_attacks, lambda: A("mlp"), TypeError, "model must be a torch.nn.Module"),
+    Case(d_matrix.best_attack, lambda: A(mlp(), update(), x()), ValueError,
+         "images holds 2 samples but the update averages 1"),
+    Case(d_matrix.best_attack, lambda: A(mlp(), update(), x()[:1], attacks=["gia"]), ValueError,
+         "unknown attack 'gia'"),
+    Case(d_matrix.best_attack, lambda: A(mlp(), update(), x()[:1], attacks="exan"), TypeError,
+         "attacks must be a non-empty list"),
+    Case(d_matrix.best_attack, lambda: A(mlp(), update(), x()[:1], options={"exan": 3}), TypeError,
+         "options must be a dict of attack name"),
+    Case(d_matrix.best_attack, lambda: A(mlp(), "update", x()[:1]), TypeError, "update must be a leakutils Update"),
+    Case(d_matrix.run_matrix, lambda: A(mlp(), x(), y(), strengths={"secure_aggregation": (10,)},
+                                        defences=["secure_aggregation"]), ValueError,
+         "secure_aggregation at 10 puts 10 images in one update, but only 2 images were given"),
+    Case(d_matrix.run_matrix, lambda: A(mlp(), x(), y(), limits={"inverting": 0}), ValueError,
+         "limits['inverting'] must be an integer >= 1"),
+    Case(d_matrix.run_matrix, lambda: A(mlp(), x(), y(), defences="none"), TypeError,
+         "defences must be a list of names"),
+    Case(d_matrix.run_matrix, lambda: A(mlp(), x(), y(), strengths=[1]), TypeError, "strengths must be a dict"),
+    Case(d_matrix.run_matrix, lambda: A(mlp(), x(), None), TypeError, "labels must be an int64 tensor"),
+    Case(d_matrix.best_rows, lambda: A("rows"), TypeError, "rows must be the list of dicts"),
+    Case(d_matrix.breaking_points, lambda: A([], threshold="20"), TypeError, "threshold must be a number"),
+
     # ---- leakutils.widgets (demo functions and panels; the panels validate before building widgets)
     Case(panel.check_int, lambda: A("width", 1.5, 1), TypeError, "width must be an integer"),
     Case(panel.check_choice, lambda: A("dataset", "cifar10", panel.DEMO_DATASETS), ValueError,
@@ -760,6 +809,8 @@ EXEMPT: dict[str, str] = {
     "leakutils.attacks.exan.ExanDiagnostics": "a result record built only by exan.reconstruct",
     "leakutils.attacks.exan.NoiseEstimate": "a result record built only by exan.reconstruct",
     "leakutils.defences.dp.DPReport": "a result record built only by dp_sgd_update",
+    "leakutils.defences.registry.Defence": "a record of the defence registry, built only in the module",
+    "leakutils.defences.registry.Applied": "a result record built only by the registry's defences",
 }
 
 #: Public callables that do not yet refuse bad input clearly, by qualified name, with the

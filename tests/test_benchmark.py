@@ -58,3 +58,25 @@ def test_extraction_benchmark_quick_prints_one_json_line_last():
         assert r["aae_aligned"] <= r["aae"] + 1e-12 and 0 <= r["accuracy_difference"] <= 1
     assert result["exact"]["max_error"] < 1e-6 and result["exact"]["agreement_min"] == 1.0
     assert result["goals"]["exact_error_below_1e-6"] and result["goals"]["exact_agreement_100"]
+
+
+def test_defences_benchmark_quick_prints_one_json_line_last():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "defences.py"), "--quick"],
+                         capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(result) == {"settings", "results", "best", "utility", "headline", "seconds"}
+    assert result["settings"]["quick"] and set(result["results"]) == {"mnist"}
+    rows = result["results"]["mnist"]
+    assert {(r["defence"], r["attack"]) for r in rows} >= {("none", "bias_ratio"), ("noise", "exan"),
+                                                           ("quantise", "inverting")}
+    best = {(r["defence"], r["strength"]): r for r in result["best"]["mnist"]}
+    assert len(best) == 7
+    # one digit per client, undefended: the best attack is exact; noise at 1% of the largest entry is not
+    none = best[("none", None)]
+    assert none["psnr_ge_100"] == 1.0 and (none["psnr_median"] == "inf" or none["psnr_median"] >= 100)
+    assert 20 <= best[("noise", 0.01)]["psnr_median"] < 100 and best[("noise", 0.01)]["psnr_ge_100"] == 0.0
+    # noise of a tenth of the largest entry stops it: the headline names that strength
+    assert result["headline"]["mnist"]["noise"]["strength"] == 0.1 and result["headline"]["mnist"]["none"] is None
+    accuracy = result["utility"]
+    assert accuracy["untrained"]["accuracy"] < 0.2 < accuracy["none"]["-"]["accuracy"] <= 1
+    assert set(accuracy["quantise"]) == {"float16", "int8", "sign"}

@@ -143,3 +143,24 @@ def check_rtol(rtol: float) -> float:
     Raises TypeError for a value that is not a real number, ValueError for NaN or one out of range.
     """
     return check_number("rtol", rtol, 0, 1, lo_open=True, hi_open=True)
+
+
+def num_classes(net: nn.Module, x: torch.Tensor, attack: str) -> int:
+    """Number of logits of ``net`` on the dummy batch ``x``; clear errors for a model that does not fit.
+
+    Raises
+    ------
+    ValueError
+        The model does not accept ``x``'s shape, or does not return logits ``(M, classes)``
+        (``attack`` names the gradient-matching attack in the message).
+    """
+    try:
+        with torch.no_grad():
+            out = net(x)
+    except (RuntimeError, ValueError, IndexError) as err:
+        raise ValueError(f"the model does not accept inputs of the update's shape {tuple(x.shape[1:])}: "
+                         f"{err}") from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        raise ValueError(f"{attack} matches a softmax cross-entropy update: the model must return logits of "
+                         f"shape (M, classes)")
+    return int(out.shape[-1])

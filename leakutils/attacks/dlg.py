@@ -25,7 +25,7 @@ from torch import nn
 
 from ..core import Reconstruction, Update
 from ..validate import check_choice, check_int, check_number, check_seed
-from ._common import check_model_update, layer_gradient
+from ._common import check_model_update, layer_gradient, num_classes
 from .labels import recover_labels
 from .residual import _check_noise, gradient_residual
 
@@ -123,7 +123,7 @@ def reconstruct(model: nn.Module, update: Update, *, iterations: int = 300, max_
     M = update.batch_size
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn((M, *update.input_shape), generator=gen, dtype=torch.float64).requires_grad_(True)
-    classes = _num_classes(net, x)
+    classes = num_classes(net, x, "DLG")
     if labels == "idlg":
         found = recover_labels(model, update).labels
         if found.numel() < M:
@@ -185,20 +185,6 @@ def _check(model: nn.Module, update: Update, images: torch.Tensor, y: torch.Tens
     return {"consistent": bool(check.consistent and resolution <= MAX_RELATIVE_TOLERANCE),
             "gradient_residual": check, "check_relative_residual": check.relative,
             "check_relative_tolerance": resolution}
-
-
-def _num_classes(net: nn.Module, x: torch.Tensor) -> int:
-    """Number of logits of ``net`` on the dummy batch, with clear errors for a model that does not fit."""
-    try:
-        with torch.no_grad():
-            out = net(x)
-    except (RuntimeError, ValueError, IndexError) as err:
-        raise ValueError(f"the model does not accept inputs of the update's shape {tuple(x.shape[1:])}: "
-                         f"{err}") from None
-    if not isinstance(out, torch.Tensor) or out.ndim != 2:
-        raise ValueError("DLG matches a softmax cross-entropy update: the model must return logits of "
-                         "shape (M, classes)")
-    return int(out.shape[-1])
 
 
 def _float64_copy(model: nn.Module) -> nn.Module:

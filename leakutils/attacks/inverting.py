@@ -48,7 +48,7 @@ from torch import nn
 
 from ..core import Reconstruction, Update
 from ..validate import check_bool, check_int, check_number, check_seed
-from ._common import check_model_update, layer_gradient
+from ._common import check_model_update, layer_gradient, num_classes
 from .labels import recover_labels
 from .residual import _check_noise, gradient_residual
 
@@ -180,7 +180,7 @@ def reconstruct(model: nn.Module, update: Update, *, iterations: int = 1000, lr:
     dtype = params[0].dtype
     M, shape = update.batch_size, tuple(update.input_shape)
     start = _check_init(init, M, shape, dtype)
-    classes = _num_classes(net, torch.zeros(M, *shape, dtype=dtype))
+    classes = num_classes(net, torch.zeros(M, *shape, dtype=dtype), "Inverting Gradients")
     y, label_method = _labels(labels, model, update, M, classes)
     if tv > 0:
         total_variation(torch.zeros(M, *shape, dtype=dtype))  # a shape TV can run on, else a clear error
@@ -270,19 +270,6 @@ def _labels(labels, model, update: Update, M: int, classes: int):
         raise ValueError(f"labels must lie in [0, {classes}) for a model with {classes} outputs, got "
                          f"{labels.tolist()}")
     return labels.clone(), "given"
-
-
-def _num_classes(net: nn.Module, x: torch.Tensor) -> int:
-    try:
-        with torch.no_grad():
-            out = net(x)
-    except (RuntimeError, ValueError, IndexError) as err:
-        raise ValueError(f"the model does not accept inputs of the update's shape {tuple(x.shape[1:])}: "
-                         f"{err}") from None
-    if not isinstance(out, torch.Tensor) or out.ndim != 2:
-        raise ValueError("Inverting Gradients matches a softmax cross-entropy update: the model must return "
-                         "logits of shape (M, classes)")
-    return int(out.shape[-1])
 
 
 def _gradients(net, params, x, y, graph: bool):

@@ -6,8 +6,9 @@ through a fully connected ReLU network with one hidden layer of 256 units (PyTor
 default initialisation, seed 0, float64; the network of Chapters 1 and 4), one image per
 client unless the defence is the batch size (M images) or secure aggregation (K clients).
 Every defence of ``leakutils.defences.registry.DEFENCES`` at each of its strengths defends
-each client's update, and every attack that applies (bias ratio, ExAN, Inverting
-Gradients started from the analytic estimate) attacks it (``matrix.run_matrix``). Inverting
+each client's update, and every attack that applies (bias ratio, the ratio of the
+surviving entries, ExAN, Inverting Gradients started from the analytic estimate) attacks it
+(``matrix.run_matrix``). Inverting
 Gradients is costly: it runs on the first ``--ig-images`` images of each setting only
 (default 8, with ``--ig-iterations`` 100 steps each: its whole step-size schedule,
 shortened), the analytic attacks on all ``n``. With ``--patches-model lenet`` the patches

@@ -32,6 +32,7 @@ from leakutils import (activations, blackbox, book, capture, core, critical_poin
                        flatnets, inversion, inversion_loss, inversion_models, metamodel, metrics, models, plot,
                        validate)
 from leakutils.attacks import bias_ratio, conv, dlg, exan, inverting, labels, pruned, residual
+from leakutils.defences import figures as d_figures
 from leakutils.defences import matrix as d_matrix
 from leakutils.defences import output as output_defences
 from leakutils.defences import registry as d_registry
@@ -379,6 +380,9 @@ CASES: list[Case] = [
     Case(dlg.reconstruct, lambda: A(mlp, update()), TypeError, "model must be a torch.nn.Module"),
 
     # ---- leakutils.attacks.inverting
+    Case(inverting.cosine_distance, lambda: A(mlp(), update(), None), TypeError,
+         "images must be a floating tensor of shape (M, *input_shape)"),
+    Case(inverting.cosine_distance, lambda: A(mlp(), update(), x()), ValueError, "init must have shape (1, 1, 4, 4)"),
     Case(inverting.reconstruct, lambda: A(mlp(), update(), iterations=0), ValueError,
          "iterations must be an integer >= 1"),
     Case(inverting.reconstruct, lambda: A(mlp(), update(), tv=-1.0), ValueError, "tv must be a number in [0, inf]"),
@@ -711,11 +715,17 @@ CASES: list[Case] = [
          "secure_aggregation at 10 puts 10 images in one update, but only 2 images were given"),
     Case(d_matrix.run_matrix, lambda: A(mlp(), x(), y(), limits={"inverting": 0}), ValueError,
          "limits['inverting'] must be an integer >= 1"),
+    Case(d_matrix.run_matrix, lambda: A(mlp(), x(), y(), clients=0), ValueError,
+         "clients must be an integer >= 1"),
     Case(d_matrix.run_matrix, lambda: A(mlp(), x(), y(), defences="none"), TypeError,
          "defences must be a list of names"),
     Case(d_matrix.run_matrix, lambda: A(mlp(), x(), y(), strengths=[1]), TypeError, "strengths must be a dict"),
     Case(d_matrix.run_matrix, lambda: A(mlp(), x(), None), TypeError, "labels must be an int64 tensor"),
     Case(d_matrix.best_rows, lambda: A("rows"), TypeError, "rows must be the list of dicts"),
+    Case(d_figures.heatmap, lambda: A([{"defence": "none"}]), TypeError, "rows must be the non-empty list"),
+    Case(d_figures.privacy_utility, lambda: A([{"defence": "none", "strength": None, "attack": "exan",
+                                                "psnr_median": 20.0}], {("none", None): 0.5}), TypeError,
+         "utility must be a dict (defence, strength) ->"),
     Case(d_matrix.breaking_points, lambda: A([], threshold="20"), TypeError, "threshold must be a number"),
 
     # ---- leakutils.widgets (demo functions and panels; the panels validate before building widgets)
@@ -777,6 +787,7 @@ CASES: list[Case] = [
 #: defining module's), with the reason.
 EXEMPT: dict[str, str] = {
     "leakutils.data.available": "takes no arguments",
+    "leakutils.defences.figures.strength_label": "prints any value (None, a number or a format name) as text",
     "leakutils.data.DatasetUnavailableError": "an exception class",
     "leakutils.activations.ActivationRule": "a frozen record of four strings/flags, built only by the module",
     "leakutils.attacks.labels.LabelRecovery": "a result record built only by recover_labels",

@@ -138,6 +138,19 @@ def test_prune_keeps_exactly_n_minus_floor_fraction_n(seed, n, fraction):
         assert float(g[kept].abs().min()) >= float(g[~kept].abs().max())
 
 
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 300), fraction=st.floats(0.0, 0.999),
+       levels=st.integers(1, 6))
+def test_prune_with_ties_equals_a_stable_sort(seed, n, fraction, levels):
+    # few distinct magnitudes: many ties, pruned first in index order
+    g = torch.randint(-levels, levels + 1, (n,), generator=torch.Generator().manual_seed(seed)).double()
+    k = math.floor(fraction * n + 1e-9)
+    want = g.clone()
+    want[torch.sort(g.abs(), stable=True).indices[:k]] = 0
+    got = defences.prune(Update({"w": g}, 1, 0.0, (n,)), fraction)["w"]
+    assert torch.equal(got, want)
+
+
 # --------------------------------------------------------------------------- quantise
 
 
@@ -414,6 +427,28 @@ def test_soteria_on_the_first_layer_withholds_the_brightest_pixels():
     for n in ("fc1.bias", "out.weight", "out.bias"):
         assert torch.equal(u[n], plain[n])
     assert_updates_close(defences.soteria(model, x, y, prune_fraction=0.0), plain, 0.0)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), m=st.integers(1, 4), side=st.integers(2, 6),
+       dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_soteria_first_layer_shortcut_equals_autograd(seed, m, side, dtype):
+    import sys
+    module = sys.modules["leakutils.defences.soteria"]
+    torch.manual_seed(seed)
+    model = models.MLP((1, side, side), (5,), num_classes=3, dtype=dtype)
+    x = torch.rand(m, 1, side, side, dtype=dtype)
+    name, fast = defences.feature_scores(model, x)
+    # the input reaches fc1 through a view only: the shortcut (unit input gradients) applies
+    assert name == "fc1"
+    r = x.flatten(1)
+    xg = x.clone().requires_grad_(True)
+    norms = module._input_gradient_norms(xg.flatten(1), xg)
+    assert torch.allclose(norms, torch.ones_like(norms))
+    assert torch.allclose(fast, (norms / (r.abs() + module.OFFSET)).sum(0), rtol=1e-6 if dtype == torch.float32
+                          else 1e-15, atol=0)
+    # a layer whose input is not the image itself takes the autograd path
+    assert not module._is_input_view(torch.relu(xg.flatten(1)), xg)
 
 
 def test_soteria_scores_follow_the_authors_loop_on_a_cnn():

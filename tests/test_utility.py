@@ -114,12 +114,12 @@ def test_best_attack_picks_the_exact_analytic_attack_on_one_digit(mnist):
     x, y = mnist.images[:1], mnist.labels[:1]
     name, rec, scores, table = matrix.best_attack(model, capture.client_update(model, x, y), x, y,
                                                   options={"inverting": {"iterations": 5}})
-    assert [row["attack"] for row in table] == ["bias_ratio", "exan", "inverting"]
+    assert [row["attack"] for row in table] == ["bias_ratio", "pruned", "exan", "inverting"]
     best = next(row for row in table if row["attack"] == name)
     assert scores.median_psnr == best["psnr_median"] >= 100
     assert rec.attack == name
     # Inverting Gradients started from an analytic estimate, not from noise; exact ties go to the first
-    assert table[2]["init"] in ("bias_ratio", "exan") and name == "bias_ratio"
+    assert table[3]["init"] in ("bias_ratio", "pruned", "exan") and name == "bias_ratio"
 
 
 def test_best_attack_names_the_highest_median_under_noise(mnist):
@@ -182,3 +182,41 @@ def test_run_matrix_rows_and_the_breaking_point(mnist):
     assert mixture["psnr_median"] < 20 and mixture["refused"] == 0
     points = matrix.breaking_points(rows)
     assert points["none"] is None and points["noise"]["strength"] == 1.0
+
+
+def test_pruned_update_is_read_exactly_by_the_surviving_entries(mnist):
+    model = _mlp(64, torch.float64)
+    x, y = mnist.images[:1], mnist.labels[:1]
+    applied = registry.DEFENCES["prune"].apply(model, x, y, 0.5, 0)
+    name, rec, scores, table = matrix.best_attack(model, applied.update, x, y,
+                                                  options={"inverting": {"iterations": 5}})
+    by = {row["attack"]: row for row in table}
+    assert name == "pruned" and scores.median_psnr >= 100 and rec.diagnostics["consistent"]
+    # the plain fit reads the pruned zeros as data; Inverting Gradients starts from the certified read
+    assert by["bias_ratio"]["psnr_median"] < 100 and by["inverting"]["init"] == "pruned"
+
+
+def test_inverting_starts_from_the_estimate_closest_in_cosine_distance(mnist):
+    from leakutils.attacks import inverting
+    model = _mlp(64, torch.float64)
+    x, y = mnist.images[:1], mnist.labels[:1]
+    applied = registry.DEFENCES["noise"].apply(model, x, y, 3e-2, 0)
+    blank = torch.zeros_like(x)
+    done = {"bias_ratio": {"reconstruction": Reconstruction(x.clone(), None, torch.zeros_like(x, dtype=torch.bool))},
+            "exan": {"reconstruction": Reconstruction(blank + 0.5, None, torch.zeros_like(x, dtype=torch.bool))}}
+    # neither is certain: the one whose gradient points like the update wins, whatever its order
+    for order in (("bias_ratio", "exan"), ("exan", "bias_ratio")):
+        init, start = matrix._init_from({a: done[a] for a in order}, model, applied.update, "idlg")
+        assert start == "bias_ratio" and torch.equal(init, x)
+    assert inverting.cosine_distance(model, capture.client_update(model, x, y), x, y) < 1e-12
+    assert inverting.cosine_distance(model, applied.update, x) < inverting.cosine_distance(model, applied.update,
+                                                                                           blank + 0.5)
+
+
+def test_run_matrix_attacks_at_most_the_given_clients(mnist):
+    model = _mlp(64, torch.float64)
+    x, y = mnist.images[:8], mnist.labels[:8]
+    rows = matrix.run_matrix(model, x, y, defences=["none", "batch"], strengths={"batch": (4, 8)},
+                             attacks=["bias_ratio", "exan"], clients=2)
+    got = {(r["defence"], r["strength"]): (r["updates"], r["images"]) for r in rows}
+    assert got == {("none", None): (2, 2), ("batch", 4): (2, 8), ("batch", 8): (1, 8)}

@@ -52,7 +52,7 @@ from ._common import check_model_update, layer_gradient, num_classes
 from .labels import recover_labels
 from .residual import _check_noise, gradient_residual
 
-__all__ = ["reconstruct", "total_variation", "MAX_RELATIVE_TOLERANCE"]
+__all__ = ["reconstruct", "cosine_distance", "total_variation", "MAX_RELATIVE_TOLERANCE"]
 
 #: The gradient-residual check certifies only when its overall tolerance is below this
 #: fraction of the update's norm (as in :mod:`leakutils.attacks.dlg`).
@@ -210,6 +210,53 @@ def reconstruct(model: nn.Module, update: Update, *, iterations: int = 1000, lr:
     determined = torch.full_like(images, diagnostics["consistent"], dtype=torch.bool)
     return Reconstruction(images=images, labels=y.clone(), determined=determined, diagnostics=diagnostics,
                           attack="inverting_gradients")
+
+
+def cosine_distance(model: nn.Module, update: Update, images: torch.Tensor, labels="idlg") -> float:
+    """Cosine distance between the update and the gradient of a candidate batch: Inverting Gradients' loss.
+
+    ``1 - <g, u> / (||g|| ||u||)`` over all trainable parameters together, ``g`` the gradient
+    of softmax cross-entropy at ``(images, labels)``, ``u`` the shared update; no TV term. An
+    attacker uses it to rank candidate reconstructions (or starting points) without the truth.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The attacked model, float32 or float64.
+    update : Update
+        What the server received.
+    images : torch.Tensor
+        Candidate batch ``(M, *update.input_shape)``, finite, any floating dtype (cast to the
+        model's).
+    labels : "idlg" or torch.Tensor
+        As :func:`reconstruct`.
+
+    Returns
+    -------
+    float
+        In ``[0, 2]``: 0 when the gradients point the same way; NaN when the candidate's
+        gradient is zero.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`reconstruct` for ``model``, ``update``, ``labels`` and ``images`` (its
+        ``init``).
+
+    References
+    ----------
+    Geiping et al., "Inverting Gradients", NeurIPS 2020, Eq. 4.
+    """
+    check_model_update(model, update)
+    net, _, params, target = _prepare(model, update)
+    dtype = params[0].dtype
+    M, shape = update.batch_size, tuple(update.input_shape)
+    x = _check_init(images, M, shape, dtype)
+    if x is None:
+        raise TypeError("images must be a floating tensor of shape (M, *input_shape), not None or 'random'")
+    y, _ = _labels(labels, model, update, M, num_classes(net, x, "Inverting Gradients"))
+    with torch.enable_grad():
+        return float(_cosine_distance(_gradients(net, params, x, y, False), target))
 
 
 def _prepare(model: nn.Module, update: Update):

@@ -21,9 +21,8 @@ others are reported with their bound.
 """
 from __future__ import annotations
 
-import time
-
 import copy
+import time
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +30,7 @@ from torch import nn
 
 from ..core import Reconstruction, Update
 from ._common import check_model_update, feeds_on_input, find_layer, layer_gradient
+from .labels import recover_labels
 
 __all__ = ["reconstruct", "ROUNDOFF_FACTOR"]
 
@@ -137,28 +137,48 @@ def _reproduces(model: nn.Module, update: Update, images: torch.Tensor) -> tuple
     names = [n for n in update.gradients if n in params]
     with torch.no_grad():
         classes = net(images).shape[-1]
+    # per shared tensor, once: its surviving entries and the allowances of both checks
+    checks = []
+    for n in names:
+        shared = update.gradients[n].detach().to(torch.float64)
+        eps = torch.finfo(update.gradients[n].dtype).eps
+        top = float(shared.abs().max())
+        kept = shared != 0
+        ceiling = float(shared.abs()[kept].min()) if bool(kept.any()) else 0.0
+        checks.append((shared, kept, bool(kept.any()), bool((~kept).any()), eps, top, ceiling))
     best, best_gap = None, float("inf")
-    for k in range(classes):
+    # the label the output layer's gradient reveals first (iDLG), then every other class;
+    # a label that reproduces the update ends the search (two labels cannot both: their
+    # output-layer gradients differ by 1 in two entries)
+    for k in _label_order(model, update, classes):
         label = torch.tensor([k])
         loss = F.cross_entropy(net(images), label)
         grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
         worst = 0.0
-        for n, g in zip(names, grads):
-            shared = update.gradients[n].detach().to(torch.float64)
+        for g, (shared, kept, any_kept, any_pruned, eps, top, ceiling) in zip(grads, checks):
             g = torch.zeros_like(shared) if g is None else g.detach()
-            eps = torch.finfo(update.gradients[n].dtype).eps
-            top = float(shared.abs().max())
-            kept = shared != 0
-            if bool(kept.any()):
+            gap = (g - shared).abs()
+            if any_kept:
                 tol = ROUNDOFF_FACTOR * eps * top + 1e-300
-                worst = max(worst, float((g - shared).abs()[kept].max()) / tol)
-            if bool((~kept).any()):
-                ceiling = float(shared.abs()[kept].min()) if bool(kept.any()) else 0.0
+                worst = max(worst, float(gap[kept].max()) / tol)
+            if any_pruned:
                 tol = ceiling + ROUNDOFF_FACTOR * eps * max(top, float(g.abs().max()))
                 worst = max(worst, float(g.abs()[~kept].max()) / (tol + 1e-300))
         if worst < best_gap:
             best, best_gap = label, worst
+        if best_gap <= 1.0:
+            break
     return best, best_gap <= 1.0
+
+
+def _label_order(model: nn.Module, update: Update, classes: int) -> list[int]:
+    """Every class, the ones the output layer's gradient reveals (iDLG) first."""
+    try:
+        first = [int(k) for k in recover_labels(model, update).labels.tolist() if 0 <= int(k) < classes]
+    except (TypeError, ValueError):
+        # no readable output layer (pruned to nothing, or none): try the classes in order
+        first = []
+    return first + [k for k in range(classes) if k not in first]
 
 
 def _bound(dW: torch.Tensor, db: torch.Tensor, read: torch.Tensor) -> torch.Tensor:

@@ -35,8 +35,20 @@ At the server, across clients:
 On a classifier's outputs, against model inversion (:mod:`~leakutils.defences.output`,
 Chapter 5): :func:`~leakutils.defences.output.round_outputs` (Fredrikson et al. 2015) and
 :func:`~leakutils.defences.output.top_k` (Yang et al. 2019).
+
+Measuring them (Chapter 7):
+
+- :mod:`~leakutils.defences.registry`: every defence with its three strengths, where it acts,
+  how to apply it to one client and how to train under it (``DEFENCES``, ``train_under``).
+- :mod:`~leakutils.defences.matrix`: the best of the course's attacks against each defended
+  update (``best_attack``, ``run_matrix``, ``breaking_points``).
+- :mod:`~leakutils.defences.utility`: what a defence costs in test accuracy (``train``,
+  ``train_dp_sgd`` with Opacus, ``accuracy``, the MNIST split).
+- :mod:`~leakutils.defences.figures`: the attack x defence heatmap and the privacy-utility
+  plane.
 """
 from . import aggregation, dp, local, output, update
+from . import figures, matrix, registry, utility
 from .aggregation import client_updates, secure_aggregation
 from .dp import DPReport, dp_sgd_update, epsilon
 from .local import fedavg_update, update_from_weights
@@ -45,7 +57,7 @@ from .output import round_outputs, top_k
 from .soteria import feature_scores, soteria
 from .update import clip, clip_and_noise, gaussian_noise, global_norm, prune, quantise
 
-__all__ = ["aggregation", "dp", "local", "output", "update", "clip", "gaussian_noise", "clip_and_noise",
+__all__ = ["aggregation", "dp", "local", "output", "update", "registry", "matrix", "utility", "figures", "clip", "gaussian_noise", "clip_and_noise",
            "prune", "quantise", "global_norm", "secure_aggregation", "client_updates", "DPReport",
            "dp_sgd_update", "epsilon", "fedavg_update", "update_from_weights", "soteria", "feature_scores",
            "round_outputs", "top_k"]

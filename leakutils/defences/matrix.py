@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .. import metrics
-from ..attacks import bias_ratio, conv, dlg, exan, inverting
+from ..attacks import bias_ratio, conv, dlg, exan, inverting, pruned
 from ..attacks.labels import recover_labels
 from ..core import Reconstruction, Update
 from ..validate import check_int, check_labels, check_module, check_seed, check_tensor
@@ -63,6 +63,11 @@ def _bias_ratio(model, update, noise, init, options):
     return bias_ratio.reconstruct(model, update, **{"allow_batch": True, "noise": noise, "diagnose": False, **options})
 
 
+def _pruned(model, update, noise, init, options):
+    # the surviving entries only: meaningful when zeros are missing values (pruning, Soteria)
+    return pruned.reconstruct(model, update, **options)
+
+
 def _exan(model, update, noise, init, options):
     # ExAN estimates the noise from the update itself (no noise option)
     return exan.reconstruct(model, update, **options)
@@ -85,13 +90,15 @@ def _dlg(model, update, noise, init, options):
 #: options) -> Reconstruction``. Analytic ones first: Inverting Gradients starts from their
 #: estimate.
 ATTACKS: dict[str, Callable[..., Reconstruction]] = {
-    "bias_ratio": _bias_ratio, "exan": _exan, "rconv": _rconv, "inverting": _inverting, "dlg": _dlg}
-_ANALYTIC = ("bias_ratio", "exan", "rconv")
+    "bias_ratio": _bias_ratio, "pruned": _pruned, "exan": _exan, "rconv": _rconv, "inverting": _inverting,
+    "dlg": _dlg}
+_ANALYTIC = ("bias_ratio", "pruned", "exan", "rconv")
 
 
 def default_attacks(model: nn.Module) -> tuple[str, ...]:
     """The attacks that apply to ``model``: R-CONV and Inverting Gradients for a network with
-    conv layers, else the bias ratio, ExAN and Inverting Gradients.
+    conv layers, else the bias ratio, the surviving-entries ratio (``pruned``), ExAN and
+    Inverting Gradients.
 
     Raises
     ------
@@ -101,7 +108,7 @@ def default_attacks(model: nn.Module) -> tuple[str, ...]:
     check_module("model", model)
     if any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()):
         return ("rconv", "inverting")
-    return ("bias_ratio", "exan", "inverting")
+    return ("bias_ratio", "pruned", "exan", "inverting")
 
 
 def _check_attacks(attacks, model) -> list[str]:
@@ -148,15 +155,30 @@ def _blank(images: torch.Tensor) -> metrics.Scores:
     return metrics.compare(torch.zeros_like(images, dtype=torch.float64), images.to(torch.float64))
 
 
-def _init_from(done: dict, update: Update):
-    """The analytic estimate Inverting Gradients starts from: one image per sample, clamped to [0, 1]."""
+def _init_from(done: dict, model, update: Update, labels):
+    """The analytic estimate Inverting Gradients starts from: one image per sample, clamped to [0, 1].
+
+    An estimate marked wholly determined, or one its attack certifies as reproducing the whole
+    update (``diagnostics["consistent"]``, e.g. the surviving-entries ratio), wins; otherwise
+    the one whose gradient is closest to the update in cosine distance (the attacker's own
+    criterion, no truth involved).
+    """
     shape = (update.batch_size, *update.input_shape)
     recs = [(a, r["reconstruction"]) for a, r in done.items() if a in _ANALYTIC and r["reconstruction"] is not None]
-    usable = [(a, r) for a, r in recs if tuple(r.images.shape) == shape]
+    usable = [(a, torch.nan_to_num(r.images.detach(), nan=0.5).clamp(0.0, 1.0), r) for a, r in recs
+              if tuple(r.images.shape) == shape]
     if not usable:
         return None, "random"
-    name, best = next(((a, r) for a, r in usable if bool(r.determined.all())), usable[0])
-    return torch.nan_to_num(best.images.detach(), nan=0.5).clamp(0.0, 1.0), name
+    certain = [(a, img) for a, img, r in usable
+               if bool(r.determined.all()) or (r.diagnostics or {}).get("consistent") is True]
+    if certain:
+        name, img = certain[0]
+        return img, name
+    if len(usable) == 1:
+        return usable[0][1], usable[0][0]
+    distances = [inverting.cosine_distance(model, update, img, labels) for _, img, _ in usable]
+    best = min(range(len(usable)), key=lambda i: distances[i])
+    return usable[best][1], usable[best][0]
 
 
 def _run_attacks(model, update, images, labels, attacks, noise, options) -> dict:
@@ -165,7 +187,7 @@ def _run_attacks(model, update, images, labels, attacks, noise, options) -> dict
     for a in attacks:
         init, start = (None, "")
         if a == "inverting":
-            init, start = _init_from(done, update)
+            init, start = _init_from(done, model, update, _attacker_labels(model, update))
         t0 = time.perf_counter()
         try:
             rec = ATTACKS[a](model, update, noise, init, dict(options.get(a, {})))
@@ -189,9 +211,10 @@ def best_attack(model: nn.Module, update: Update, images: torch.Tensor, labels=N
     """Run every applicable attack on one (defended) update; return the best by median PSNR.
 
     Attacks run in the order of :data:`ATTACKS` (analytic first): the bias ratio (with
-    ``allow_batch=True``: a batch gives a blend), ExAN, R-CONV, then Inverting Gradients
+    ``allow_batch=True``: a batch gives a blend), the surviving-entries ratio, ExAN, R-CONV, then Inverting Gradients
     started from an analytic estimate that has one image per sample (one marked determined
-    if any; clamped to [0, 1]), else from random noise, with iDLG's labels (for a batch
+    or certified consistent if any, else the one whose gradient is closest to the update in
+    cosine distance; clamped to [0, 1]), else from random noise, with iDLG's labels (for a batch
     with repeated classes, the revealed classes repeated). ``noise`` is passed to the
     attacks that allow for it (bias ratio, Inverting Gradients, DLG). Each reconstruction
     is scored against the truth (see the module's docstring); an attack that raises
@@ -272,7 +295,7 @@ def _summary(psnr, ssim) -> dict:
 
 def run_matrix(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, defences=None,
                strengths: dict | None = None, attacks=None, options: dict | None = None,
-               limits: dict | None = None, seed: int = 0) -> list[dict]:
+               limits: dict | None = None, clients: int | None = None, seed: int = 0) -> list[dict]:
     """Every attack against every defence and strength, over many clients: a tidy list of rows.
 
     For each defence and strength, the images are split into client batches of
@@ -280,7 +303,7 @@ def run_matrix(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
     each batch is defended (seed ``seed + i`` for client ``i``) and attacked as in
     :func:`best_attack`. The costly attacks run on the first clients only, until they have
     seen ``limits[attack]`` images (default :data:`DEFAULT_LIMITS`: 8 for Inverting
-    Gradients and DLG); the analytic ones on all.
+    Gradients and DLG); the analytic ones on all, or on the first ``clients`` updates.
 
     Parameters
     ----------
@@ -298,6 +321,10 @@ def run_matrix(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
         As :func:`best_attack`.
     limits : dict, optional
         Attack name -> most images it is run on per setting (``None`` for all).
+    clients : int, optional
+        Most updates (clients) attacked per setting, ``>= 1``; default all that the images
+        fill. A quick look at every setting: ``clients=2`` attacks two one-image clients, or
+        one batch of 64 when only one fits.
     seed : int
         Seed of the first client's defence.
 
@@ -317,7 +344,7 @@ def run_matrix(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
     ------
     TypeError, ValueError
         As :func:`best_attack`; an unknown defence; fewer images than one update needs;
-        ``strengths`` or ``limits`` of the wrong kind.
+        ``strengths``, ``limits`` or ``clients`` of the wrong kind or range.
     """
     check_module("model", model)
     _check_truth(images, labels)
@@ -338,20 +365,23 @@ def run_matrix(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
     for a, v in limits.items():
         if v is not None:
             check_int(f"limits[{a!r}]", v, 1)
+    if clients is not None:
+        clients = check_int("clients", clients, 1)
     rows = []
     for d in plan:
         for s in strengths.get(d.name, d.strengths):
-            rows += _setting(model, images, labels, d, s, attacks, options, limits, seed)
+            rows += _setting(model, images, labels, d, s, attacks, options, limits, clients, seed)
     return rows
 
 
-def _setting(model, images, labels, d: Defence, strength, attacks, options, limits, seed) -> list[dict]:
+def _setting(model, images, labels, d: Defence, strength, attacks, options, limits, clients, seed) -> list[dict]:
     """The rows of one defence at one strength."""
     k = d.images_per_update(strength)
     n = images.shape[0] // k
     if n < 1:
         raise ValueError(f"{d.name} at {strength} puts {k} images in one update, but only {images.shape[0]} "
                          f"images were given")
+    n = n if clients is None else min(n, clients)
     acc = {a: {"psnr": [], "ssim": [], "labels": [], "seconds": [], "refused": 0, "message": ""} for a in attacks}
     noises, epsilons = [], []
     for i in range(n):

@@ -173,7 +173,7 @@ DEFENCES: dict[str, Defence] = {d.name: d for d in (
     Defence("fedavg", f"several local SGD steps (lr {utility.LR:g}) on the client's image; the server "
             "reads (w_sent - w_returned) / lr", "client step", "local steps", (1, 5, 10), _fedavg),
     Defence("soteria", "withhold the first linear layer's weight-gradient columns that reveal most "
-            "(Soteria)", "client step", "fraction withheld", (0.5, 0.8, 0.95), _soteria),
+            "(Soteria)", "client step", "fraction withheld", (0.05, 0.1, 0.2), _soteria),
 )}
 
 

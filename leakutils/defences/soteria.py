@@ -99,9 +99,26 @@ def feature_scores(model: nn.Module, x: torch.Tensor, *, layer: str | None = Non
         raise ValueError(f"layer {name!r} receives inputs of shape {tuple(r.shape)}; Soteria needs (M, in_features)")
     if not r.requires_grad:
         return name, torch.zeros(r.shape[1], dtype=x.dtype)
-    norms = _input_gradient_norms(r, xg)
+    # the layer reads the input itself (an MLP's first layer): dr_i/dx is a unit vector, norm 1
+    norms = torch.ones_like(r.detach()) if _is_input_view(r, xg) else _input_gradient_norms(r, xg)
     scores = (norms / (r.detach().abs() + OFFSET)).sum(0)
     return name, scores.detach()
+
+
+#: Autograd nodes that only reshape: through them ``r`` is the input itself, reshaped.
+_VIEW_NODES = ("ViewBackward0", "ReshapeAliasBackward0", "UnsafeViewBackward0", "AliasBackward0")
+
+
+def _is_input_view(r: torch.Tensor, xg: torch.Tensor) -> bool:
+    """Whether ``r`` is ``xg`` reshaped to ``(M, F)`` by view operations only (so ``dr/dx = I``)."""
+    node = r.grad_fn
+    while node is not None and type(node).__name__ in _VIEW_NODES:
+        parents = [n for n, _ in node.next_functions if n is not None]
+        if len(parents) != 1:
+            return False
+        node = parents[0]
+    return (node is not None and type(node).__name__ == "AccumulateGrad" and node.variable is xg
+            and r.shape[1] == xg[0].numel())
 
 
 def _input_gradient_norms(r: torch.Tensor, xg: torch.Tensor) -> torch.Tensor:

@@ -222,8 +222,14 @@ def prune(update: Update, fraction: float) -> Update:
         k = math.floor(fraction * flat.numel() + 1e-9)
         out = flat.clone()
         if k:
-            order = torch.sort(flat.abs(), stable=True).indices
-            out[order[:k]] = 0
+            size = flat.abs()
+            # the k-th smallest magnitude: everything below it goes, and as many entries equal
+            # to it as k still needs, first in index order (what a stable sort would prune)
+            t = torch.kthvalue(size, k).values
+            below = size < t
+            ties = torch.nonzero(size == t).reshape(-1)[: k - int(below.sum())]
+            out[below] = 0
+            out[ties] = 0
         return out.reshape(g.shape)
 
     return update.map(pruned)

@@ -31,7 +31,7 @@ import leakutils
 from leakutils import (activations, blackbox, book, capture, core, critical_points, data, defences, extraction,
                        flatnets, inversion, inversion_loss, inversion_models, metamodel, metrics, models, plot,
                        validate)
-from leakutils.attacks import bias_ratio, conv, dlg, exan, inverting, labels, pruned, residual
+from leakutils.attacks import bias_ratio, conv, dlg, exan, forward, inverting, labels, pruned, residual
 from leakutils.defences import figures as d_figures
 from leakutils.defences import matrix as d_matrix
 from leakutils.defences import output as output_defences
@@ -380,6 +380,8 @@ CASES: list[Case] = [
     Case(dlg.reconstruct, lambda: A(mlp, update()), TypeError, "model must be a torch.nn.Module"),
 
     # ---- leakutils.attacks.inverting
+    Case(forward.reconstruct, lambda: A(mlp(), update(), bounds=(1.0, 0.0)), ValueError, "lo < hi"),
+    Case(forward.reconstruct, lambda: A(mlp(), update(), bounds="01"), TypeError, "bounds must be two numbers"),
     Case(inverting.cosine_distance, lambda: A(mlp(), update(), None), TypeError,
          "images must be a floating tensor of shape (M, *input_shape)"),
     Case(inverting.cosine_distance, lambda: A(mlp(), update(), x()), ValueError, "init must have shape (1, 1, 4, 4)"),

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .. import metrics
-from ..attacks import bias_ratio, conv, dlg, exan, inverting, pruned
+from ..attacks import bias_ratio, conv, dlg, exan, forward, inverting, pruned
 from ..attacks.labels import recover_labels
 from ..core import Reconstruction, Update
 from ..validate import check_int, check_labels, check_module, check_seed, check_tensor
@@ -68,6 +68,11 @@ def _pruned(model, update, noise, init, options):
     return pruned.reconstruct(model, update, **options)
 
 
+def _forward(model, update, noise, init, options):
+    # the next layer's activations, forward equations and the data range (against Soteria)
+    return forward.reconstruct(model, update, **options)
+
+
 def _exan(model, update, noise, init, options):
     # ExAN estimates the noise from the update itself (no noise option)
     return exan.reconstruct(model, update, **options)
@@ -88,11 +93,13 @@ def _dlg(model, update, noise, init, options):
 
 #: The attacks :func:`best_attack` can run, by name: ``run(model, update, noise, init,
 #: options) -> Reconstruction``. Analytic ones first: Inverting Gradients starts from their
-#: estimate.
+#: estimate. ``forward`` (forward equations from the next layer's activations, with the data
+#: range as a box; seconds per image on a wide layer) is not among :func:`default_attacks`:
+#: name it to run it.
 ATTACKS: dict[str, Callable[..., Reconstruction]] = {
-    "bias_ratio": _bias_ratio, "pruned": _pruned, "exan": _exan, "rconv": _rconv, "inverting": _inverting,
-    "dlg": _dlg}
-_ANALYTIC = ("bias_ratio", "pruned", "exan", "rconv")
+    "bias_ratio": _bias_ratio, "pruned": _pruned, "forward": _forward, "exan": _exan, "rconv": _rconv,
+    "inverting": _inverting, "dlg": _dlg}
+_ANALYTIC = ("bias_ratio", "pruned", "forward", "exan", "rconv")
 
 
 def default_attacks(model: nn.Module) -> tuple[str, ...]:

@@ -284,8 +284,8 @@ class Scores:
 
     @property
     def min_psnr(self) -> float:
-        """Worst pair's PSNR in dB."""
-        return float(self.psnr.min())
+        """Worst pair's PSNR in dB (NaN when nothing was matched)."""
+        return float(self.psnr.min()) if self.psnr.numel() else float("nan")
 
     @property
     def median_psnr(self) -> float:
@@ -320,6 +320,8 @@ class Scores:
                 "label_accuracy": self.label_accuracy, "pairs": int(len(self.true_idx))}
 
     def __str__(self) -> str:
+        if self.psnr.numel() == 0:
+            return "nothing matched: the reconstruction is empty"
         s = f"MSE {self.mean_mse:.3g}, PSNR {self.mean_psnr:.1f} dB"
         if self.ssim.numel():
             s += f", SSIM {self.mean_ssim:.3f}"
@@ -349,12 +351,15 @@ def compare(reconstruction, images: torch.Tensor, labels=None, *, data_range: fl
     Returns
     -------
     Scores
+        With no pair at all when the reconstruction is empty (an attack that returned
+        nothing): empty per-pair tensors, means and medians NaN, ``pairs`` 0, and a label
+        accuracy of 0 when labels were given and none recovered.
 
     Raises
     ------
     TypeError, ValueError
-        Wrong types, shapes that cannot be paired, NaN values, labels requested from a
-        reconstruction without labels.
+        Wrong types, shapes that cannot be paired, an empty true batch, NaN values, labels
+        requested from a non-empty reconstruction without labels.
     """
     if isinstance(reconstruction, Reconstruction):
         rec, rec_labels = reconstruction.images, reconstruction.labels
@@ -371,6 +376,18 @@ def compare(reconstruction, images: torch.Tensor, labels=None, *, data_range: fl
         raise ValueError(f"images of shape {tuple(images.shape)} are ambiguous: give a batch of "
                          f"images (B, C, H, W) (grey images (B, H, W): x.unsqueeze(1)) or feature "
                          f"vectors (B, D)")
+    if images.shape[0] == 0:
+        raise ValueError("the true batch is empty; there is nothing to score")
+    if rec.shape[0] == 0:
+        # the attack returned nothing (it refused every sample): no pair, scored as such
+        none = torch.empty(0, dtype=torch.float64)
+        acc = None
+        if labels is not None and rec_labels is not None and rec_labels.numel():
+            acc = label_accuracy(rec_labels, labels)
+        elif labels is not None:
+            acc = 0.0
+        return Scores(mse=none, psnr=none.clone(), ssim=none.clone(), rec_idx=np.zeros(0, dtype=np.int64),
+                      true_idx=np.zeros(0, dtype=np.int64), label_accuracy=acc)
     if match_order:
         rec_idx, true_idx = match(rec, images)
     else:

@@ -79,3 +79,17 @@ def test_a_float32_client_is_read_to_float32_precision(digits):
     rec = forward.reconstruct(model, defences.soteria(model, x, y, prune_fraction=0.6))
     assert bool(rec.determined.all())
     assert float((rec.images - x.double()).abs().max()) < 1e-4
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), width=st.sampled_from([32, 128, 256]), index=st.integers(0, 39),
+       noise=st.sampled_from([1e-12, 1e-9, 1e-6, 1e-3]))
+def test_a_noisy_update_is_never_certified_wrong(digits, seed, width, index, noise):
+    model = _mlp(width, seed)
+    x, y = digits.images[index:index + 1], digits.labels[index:index + 1]
+    defended = defences.soteria(model, x, y, prune_fraction=0.6)
+    noisy = defences.gaussian_noise(defended, noise, relative=True, seed=seed)
+    rec = forward.reconstruct(model, noisy)
+    if bool(rec.determined.any()):
+        # certified only when the noise is too small to move the image visibly
+        assert float((rec.images - x).abs().max()) < 1e-4

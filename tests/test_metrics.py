@@ -157,3 +157,16 @@ def test_bad_input_is_refused_clearly(call, exc, fragment):
     with pytest.raises(exc) as info:
         call(x)
     assert fragment in str(info.value)
+
+
+def test_an_empty_reconstruction_scores_no_pair():
+    truth = torch.rand(3, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    nothing = torch.empty(0, 1, 4, 4, dtype=torch.float64)
+    scores = metrics.compare(nothing, truth)
+    assert scores.psnr.numel() == 0 and scores.as_dict()["pairs"] == 0
+    assert math.isnan(scores.median_psnr) and math.isnan(scores.min_psnr) and math.isnan(scores.mean_psnr)
+    assert str(scores) == "nothing matched: the reconstruction is empty"
+    refused = Reconstruction(nothing, None, torch.zeros_like(nothing, dtype=torch.bool))
+    assert metrics.compare(refused, truth, labels=torch.tensor([1, 2, 3])).label_accuracy == 0.0
+    with pytest.raises(ValueError, match="the true batch is empty"):
+        metrics.compare(truth, truth[:0])

@@ -70,7 +70,8 @@ def reconstruct(model: nn.Module, update: Update, layer: str | None = None, *,
         output layer gives none); ``determined`` all True when the image is certified unique
         and consistent (see the module's docstring), else all False. ``diagnostics``:
         ``layer``, ``next_layer``, ``active_units``, ``read_pixels`` (columns that survived),
-        ``unknown_pixels``, ``residual`` (largest ``|A z - r|``), ``residual_tolerance``,
+        ``unknown_pixels``, ``residual`` (largest ``|W_i x + b_i - h_i|`` over the active
+        units, read pixels included), ``residual_tolerance``,
         ``inactive_violation`` (largest ``W_i x + b_i`` over inactive units, ``<= 0`` when
         they stay inactive), ``at_bounds``, ``free_pixels``, ``free_rank``,
         ``lp_movement`` (the LP's optimum; None when no pixel is at a bound), ``unique``,
@@ -118,13 +119,16 @@ def reconstruct(model: nn.Module, update: Update, layer: str | None = None, *,
         unique, cert = _unique(A, z, lo, hi)
     else:
         z, unique, cert = np.zeros(0), True, {"at_bounds": 0, "free_pixels": 0, "free_rank": 0, "lp_movement": None}
-    residual = float(np.abs(A @ z - r).max()) if A.size else 0.0
-    scale = (float(np.abs(A).sum(1).max()) if A.size else 0.0) * max(abs(lo), abs(hi)) + \
-        (float(np.abs(r).max()) if r.size else 0.0)
+    # every active unit's forward equation, read pixels included: W_i x + b_i = h_i
+    z_all = W @ x + b
+    gap = (z_all - h)[active]
+    residual = float(gap.abs().max()) if gap.numel() else 0.0
+    rows = W[active].abs().sum(1)
+    scale = (float(rows.max()) if rows.numel() else 0.0) * max(abs(lo), abs(hi), float(x.abs().max())) + \
+        (float(h.abs().max()) if h.numel() else 0.0) + float(b.abs().max())
     # round-off of float64, or the client's coarser dtype (a float32 update's ratio carries ~1e-7)
     sent = torch.finfo(update.gradients[f"{name}.bias"].dtype).eps
     tolerance = max(float(np.sqrt(eps)), 1e3 * sent) * max(scale, float(torch.finfo(torch.float64).tiny))
-    z_all = W @ x + b
     inactive_violation = float(z_all[~active].max()) if bool((~active).any()) else float("-inf")
     consistent = residual <= tolerance and inactive_violation <= tolerance and diag["activations_determined"]
     diag.update({"residual": residual, "residual_tolerance": tolerance, "inactive_violation": inactive_violation,

@@ -16,9 +16,9 @@ open, yet the box often pins the image: most pixels of a digit sit at 0, its low
 The attack says when it does. The solution ``z`` is the *only* point of the polytope
 ``{A z = r, lo <= z <= hi}`` exactly when no direction ``d != 0`` keeps it feasible:
 ``A d = 0``, ``d_j >= 0`` where ``z_j`` is at ``lo``, ``d_j <= 0`` where it is at ``hi``.
-One linear program (HiGHS) maximises how far such a direction moves off the bounds; when
-that is 0, the pixels strictly inside the box must satisfy ``A_free d = 0`` alone, and are
-fixed exactly when ``A_free`` has full column rank. The inactive units' inequalities are
+One linear program (HiGHS, over the null space of ``A``) maximises how far such a direction
+moves off the bounds; when that is 0, the pixels strictly inside the box must satisfy
+``A_free d = 0`` alone, and are fixed exactly when ``A_free`` has full column rank. The inactive units' inequalities are
 left out of the certificate (it only gets more conservative). ``determined`` is True only
 for a certified unique image that also reproduces ``h`` (residual at round-off, inactive
 units inactive).
@@ -40,8 +40,9 @@ from .labels import recover_labels
 
 __all__ = ["reconstruct", "LP_TOLERANCE"]
 
-#: A direction that moves the solution off its bounds by less than this (in pixel units,
-#: directions boxed to ``[-1, 1]``) counts as none: HiGHS' feasibility tolerance is 1e-7.
+#: A direction that moves the solution off its bounds by less than this (summed over the
+#: pixels at a bound, for null-space coordinates boxed to ``[-1, 1]``) counts as none:
+#: HiGHS' feasibility tolerance is 1e-7.
 LP_TOLERANCE = 1e-6
 
 
@@ -183,25 +184,38 @@ def _solve(A: np.ndarray, r: np.ndarray, lo: float, hi: float, n: int) -> np.nda
 
 
 def _unique(A: np.ndarray, z: np.ndarray, lo: float, hi: float) -> tuple[bool, dict]:
-    """Whether ``z`` is the only point of ``{A z = r, lo <= z <= hi}``: one LP and one rank."""
+    """Whether ``z`` is the only point of ``{A z = r, lo <= z <= hi}``: one LP and one rank.
+
+    The directions with ``A d = 0`` are ``d = N c`` for an orthonormal basis ``N`` of A's null
+    space (SVD), so the LP runs over ``c`` (the null space's dimension, not the pixels'):
+    maximise how far ``N c`` moves the pixels at a bound into the box, subject to moving none
+    of them out, ``|c_k| <= 1``.
+    """
     near = float(np.sqrt(np.finfo(np.float64).eps)) * (hi - lo)
     at_lo, at_hi = z <= lo + near, z >= hi - near
     free = ~(at_lo | at_hi)
+    n = A.shape[1]
+    if A.shape[0]:
+        _, s, vt = np.linalg.svd(A)
+        rank = int((s > max(A.shape) * np.finfo(np.float64).eps * s[0]).sum()) if s.size and s[0] > 0 else 0
+        null = vt[rank:].T
+    else:
+        null = np.eye(n)
     movement = None
-    if bool((at_lo | at_hi).any()) and A.shape[0]:
-        # the direction d with A d = 0 that moves furthest off the bounds (d boxed to [-1, 1])
-        cost = np.where(at_lo, -1.0, np.where(at_hi, 1.0, 0.0))
-        box = [(0.0, 1.0) if a else (-1.0, 0.0) if c else (-1.0, 1.0) for a, c in zip(at_lo, at_hi)]
-        lp = linprog(cost, A_eq=A, b_eq=np.zeros(A.shape[0]), bounds=box, method="highs")
-        movement = float(-lp.fun) if lp.status == 0 else float("inf")
-    elif bool((at_lo | at_hi).any()):
-        movement = float("inf")
-    rank = 0
+    if bool((at_lo | at_hi).any()):
+        movement = 0.0
+        if null.shape[1]:
+            # rows: each bound pixel's movement into the box, which must not be negative
+            S = np.vstack([null[at_lo], -null[at_hi]])
+            lp = linprog(-S.sum(0), A_ub=-S, b_ub=np.zeros(S.shape[0]), bounds=[(-1.0, 1.0)] * null.shape[1],
+                         method="highs")
+            movement = float(-lp.fun) if lp.status == 0 else float("inf")
+    free_rank = 0
     if bool(free.any()):
-        s = np.linalg.svd(A[:, free], compute_uv=False) if A.shape[0] else np.zeros(0)
-        tol = max(A.shape) * np.finfo(np.float64).eps * (s[0] if s.size else 0.0)
-        rank = int((s > tol).sum())
+        sf = np.linalg.svd(A[:, free], compute_uv=False) if A.shape[0] else np.zeros(0)
+        tol = max(A.shape) * np.finfo(np.float64).eps * (sf[0] if sf.size else 0.0)
+        free_rank = int((sf > tol).sum())
     fixed_bounds = movement is None or movement <= LP_TOLERANCE
-    unique = fixed_bounds and rank == int(free.sum())
-    return unique, {"at_bounds": int((at_lo | at_hi).sum()), "free_pixels": int(free.sum()), "free_rank": rank,
-                    "lp_movement": movement}
+    unique = fixed_bounds and free_rank == int(free.sum())
+    return unique, {"at_bounds": int((at_lo | at_hi).sum()), "free_pixels": int(free.sum()),
+                    "free_rank": free_rank, "lp_movement": movement}

@@ -17,6 +17,9 @@ def test_bias_ratio_benchmark_prints_one_json_line_last():
     for r in result.values():
         assert r["images"] == 5 and r["exact"] == 5 and r["label_accuracy"] == 1.0
         assert r["median_seconds"] < 1.0
+        # float32 clients: read to float32's own precision, well above 100 dB
+        assert r["float32"]["at_least_60_db"] == 5 and r["float32"]["exact"] == 5
+        assert 120 < r["float32"]["median_psnr_db"] < 250
 
 
 def test_exan_benchmark_prints_one_json_line_last():

@@ -406,6 +406,30 @@ def test_weights_give_the_gradient_with_the_right_sign():
     assert_updates_close(as_lists, u, 0.0) and as_lists.loss == 0.3
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_real_sgd_step_read_back_from_the_weights(dtype):
+    # what a server receives: the weights after the client's own optimizer step
+    model, x, y = small_case(m=3)
+    model = model.to(dtype)
+    x = x.to(dtype)
+    lr = 0.05
+    sent = {n: w.detach().clone() for n, w in model.state_dict().items()}
+    plain = capture.client_update(model, x, y)
+    client = copy.deepcopy(model)
+    opt = torch.optim.SGD(client.parameters(), lr=lr)
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(client(x), y).backward()
+    opt.step()
+    returned = [w.detach().numpy() for w in client.state_dict().values()]
+    u = defences.update_from_weights(list(sent.values()), returned, lr=lr, batch_size=3, input_shape=SMALL,
+                                      names=model)
+    # (sent - returned) / lr loses the digits the weights carry beyond the step: eps * |w| / lr
+    eps = torch.finfo(dtype).eps
+    for n, g in plain.gradients.items():
+        bound = 4 * eps * float(sent[n].abs().max()) / lr + 4 * eps * float(g.abs().max())
+        assert u[n].dtype == dtype and float((u[n] - g).abs().max()) <= bound, n
+
+
 # --------------------------------------------------------------------------- Soteria
 
 

@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from leakutils import data, models
 from leakutils.defences import matrix, registry, utility
+from leakutils.defences.figures import strength_label as label
 
 DATASETS = ("mnist", "patches")
 QUICK = {"n": 4, "datasets": ["mnist"], "defences": ["none", "noise", "quantise"], "ig_images": 1,
@@ -61,11 +62,6 @@ def _clean(value):
             return "inf" if value > 0 else "-inf"
         return round(value, 4)
     return value
-
-
-def label(strength) -> str:
-    """A strength as the table and the JSON keys show it."""
-    return "-" if strength is None else f"{strength:g}" if isinstance(strength, float) else str(strength)
 
 
 def attacked(name: str, n: int, patches_model: str):

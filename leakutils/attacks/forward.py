@@ -157,7 +157,7 @@ def _check_bounds(bounds) -> tuple[float, float]:
 
 def _next_linear(model: nn.Module, lin: nn.Linear, name: str, input_shape) -> str:
     """Name of the ``nn.Linear`` after ``lin``, checking that only an ``nn.ReLU`` sits between them."""
-    after = [m for m in called_after(model, lin, tuple(input_shape))]
+    after = called_after(model, lin, tuple(input_shape))
     if len(after) < 2 or not isinstance(after[0], nn.ReLU) or not isinstance(after[1], nn.Linear) \
             or after[1].bias is None:
         raise ValueError(f"layer {name!r} must be followed by nn.ReLU and an nn.Linear with bias (an MLP's "

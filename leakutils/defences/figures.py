@@ -38,6 +38,11 @@ def _check_rows(rows) -> list[dict]:
     return rows
 
 
+def _shown(psnr) -> float:
+    """A median PSNR as the plane draws it: refused (None) at 0, at most :data:`SHOWN_UP_TO`."""
+    return 0.0 if psnr is None else min(psnr, SHOWN_UP_TO)
+
+
 def _cell_text(psnr) -> str:
     if psnr is None or (isinstance(psnr, float) and math.isnan(psnr)):
         return "ref"
@@ -163,9 +168,7 @@ def privacy_utility(rows: list[dict], utility: dict, *, title: str | None = None
     colours = plt.get_cmap("tab10")
     for k, (name, pts) in enumerate(points.items()):
         acc = [100 * u["accuracy"] for _, u in pts]
-        psnr = [SHOWN_UP_TO if b["psnr_median"] is None or b["psnr_median"] >= SHOWN_UP_TO else b["psnr_median"]
-                for b, _ in pts]
-        psnr = [0.0 if b["psnr_median"] is None else p for (b, _), p in zip(pts, psnr)]
+        psnr = [_shown(b["psnr_median"]) for b, _ in pts]
         ssim = [0.0 if b.get("ssim_median") is None else b["ssim_median"] for b, _ in pts]
         style = {"marker": "*" if name == "none" else "o", "ms": 11 if name == "none" else 5,
                  "color": colours(k % 10), "label": name.replace("_", " ")}
@@ -193,7 +196,7 @@ def privacy_utility(rows: list[dict], utility: dict, *, title: str | None = None
                                       (run, "whole training run", "s")):
             if series:
                 e, p = zip(*sorted(series))
-                axes[2].semilogx(e, [min(v, SHOWN_UP_TO) for v in p], marker=marker, label=label)
+                axes[2].semilogx(e, [_shown(v) for v in p], marker=marker, label=label)
         axes[2].axhline(THRESHOLDS[0], ls="--", color="grey", lw=1)
         axes[2].set_xlabel("epsilon (delta = 1e-5)")
         axes[2].set_ylabel("best attack: median PSNR (dB)")

@@ -83,7 +83,8 @@ def _rconv(model, update, noise, init, options):
 
 
 def _inverting(model, update, noise, init, options):
-    kwargs = {"labels": _attacker_labels(model, update), "init": init, "noise": noise, **options}
+    # labels: iDLG's, read once by _run_attacks (or the caller's own)
+    kwargs = {"init": init, "noise": noise, **options}
     return inverting.reconstruct(model, update, **kwargs)
 
 
@@ -193,11 +194,13 @@ def _run_attacks(model, update, images, labels, attacks, noise, options) -> dict
     done: dict = {}
     for a in attacks:
         init, start = (None, "")
+        opts = dict(options.get(a, {}))
         if a == "inverting":
-            init, start = _init_from(done, model, update, _attacker_labels(model, update))
+            opts.setdefault("labels", _attacker_labels(model, update))
+            init, start = _init_from(done, model, update, opts["labels"])
         t0 = time.perf_counter()
         try:
-            rec = ATTACKS[a](model, update, noise, init, dict(options.get(a, {})))
+            rec = ATTACKS[a](model, update, noise, init, opts)
             scores, acc = _score(rec, images, labels)
             message = ""
         except ValueError as err:

@@ -31,7 +31,8 @@ import leakutils
 from leakutils import (activations, blackbox, book, capture, core, critical_points, data, defences, extraction,
                        flatnets, inversion, inversion_loss, inversion_models, metamodel, metrics, models, plot,
                        validate)
-from leakutils.attacks import bias_ratio, conv, dlg, exan, forward, inverting, labels, pruned, residual
+from leakutils import fl
+from leakutils.attacks import bias_ratio, conv, dlg, exan, fedavg, forward, inverting, labels, pruned, residual
 from leakutils.defences import figures as d_figures
 from leakutils.defences import matrix as d_matrix
 from leakutils.defences import output as output_defences
@@ -783,6 +784,19 @@ CASES: list[Case] = [
     Case(w_defences.defence_panel, lambda: A(width=5000), ValueError, "width must be an integer in 16..4096"),
     Case(w_defences.defence_twin, lambda: A(("none", "none")), ValueError, "must not repeat a value"),
     Case(w_defences.defence_twin, lambda: A(("none", "prune 12%")), ValueError, "setting must be one of"),
+    Case(fedavg.certify, lambda: A(mlp(), update(), "image", lr=0.1, local_steps=1), TypeError,
+         "reconstruction must be a leakutils Reconstruction"),
+    Case(fedavg.certify, lambda: A(mlp(), update(), None, lr=0.1, local_steps=0), ValueError,
+         "local_steps must be an integer"),
+    Case(fedavg.replay_tolerance, lambda: A(mlp(), update(), lr=0.0, local_steps=1), ValueError,
+         "lr must be a number in (0, inf]"),
+    Case(fedavg.replay_tolerance, lambda: A(mlp(), {"w": 1}, lr=0.1, local_steps=1), TypeError,
+         "update must be a leakutils Update"),
+    Case(fl.default_attack, lambda: A(mlp(), None), TypeError, "update must be"),
+    Case(fl.CuriousStrategy, lambda: A("mlp"), TypeError, "model must be"),
+    Case(fl.CuriousStrategy, lambda: A(mlp(), strategy="FedAvg"), TypeError, "strategy must be a Flower Strategy"),
+    Case(fl.CuriousStrategy, lambda: A(mlp(), lr=0.0), ValueError, "lr must be a number in (0, inf]"),
+    Case(fl.CuriousStrategy, lambda: A(nn.Linear(2, 2)), ValueError, "pass input_shape="),
 ]
 
 #: Public callables with no input to validate, by qualified name (any public path or the

@@ -11,9 +11,11 @@
 - :mod:`leakutils.attacks.forward`: a layer's input from the next layer's activations, by
   forward equations with the data range as a box, certified unique or not (against a
   withheld weight gradient, Soteria; Chapter 7).
+- :mod:`leakutils.attacks.fedavg`: a reconstruction checked against a FedAvg pseudo-gradient
+  by replaying the client's local steps (Chapter 8).
 - :mod:`leakutils.attacks.residual`: the gradient-residual check every gradient attack ends
   with, public so that any reconstruction can be checked against the update.
 """
-from . import bias_ratio, conv, dlg, exan, forward, inverting, labels, pruned, residual
+from . import bias_ratio, conv, dlg, exan, fedavg, forward, inverting, labels, pruned, residual
 
-__all__ = ["bias_ratio", "conv", "dlg", "exan", "forward", "inverting", "labels", "pruned", "residual"]
+__all__ = ["bias_ratio", "conv", "dlg", "exan", "fedavg", "forward", "inverting", "labels", "pruned", "residual"]

@@ -140,11 +140,12 @@ def update_from_weights(sent, returned, *, lr: float, batch_size: int, input_sha
 
     Parameters
     ----------
-    sent, returned : dict or sequence
-        The weights, either dicts of parameter name to tensor (or NumPy array, as Flower's
-        ``NDArrays`` hold them), with the same names; or sequences of tensors/arrays in the
-        order of ``names``. A ``_module.`` prefix (Opacus' wrapper) is stripped from names.
-        Same shapes, floating dtypes, finite values.
+    sent, returned : dict, Flower ``ArrayRecord`` or sequence
+        The weights, either mappings of parameter name to tensor, NumPy array or Flower
+        ``Array`` (a ``state_dict``, or Flower's ``ArrayRecord`` as a ``ServerApp`` receives
+        it), with the same names; or sequences of tensors/arrays in the order of ``names``
+        (Flower's ``NDArrays``). A ``_module.`` prefix (Opacus' wrapper) is stripped from
+        names. Same shapes, floating dtypes, finite values.
     lr : float
         The client's learning rate, ``> 0``.
     batch_size : int
@@ -155,7 +156,9 @@ def update_from_weights(sent, returned, *, lr: float, batch_size: int, input_sha
         The client's loss if it reported one; NaN (the default) when unknown.
     names : sequence of str or nn.Module, optional
         Required for sequences: the parameter names in order, or the model whose trainable
-        parameters (``named_parameters()``) they follow.
+        parameters (``named_parameters()``) or whole ``state_dict()`` they follow. Given a
+        model, only its trainable parameters are kept (buffers such as batch-norm statistics
+        and frozen weights are dropped) and each of them must be present.
 
     Returns
     -------
@@ -170,15 +173,17 @@ def update_from_weights(sent, returned, *, lr: float, batch_size: int, input_sha
         tensors/arrays, sequences without ``names``, a parameter of the wrong kind.
     ValueError
         Different names, shapes or dtypes between ``sent`` and ``returned``; a length other
-        than ``len(names)``; non-finite weights; ``lr <= 0``; ``batch_size < 1``.
+        than ``len(names)`` (or, for a model, than its parameter or ``state_dict`` count); a
+        trainable parameter of ``names`` missing; non-finite weights; ``lr <= 0``;
+        ``batch_size < 1``.
     """
     lr = check_number("lr", lr, 0.0, lo_open=True)
     batch_size = check_int("batch_size", batch_size, 1)
     input_shape = check_shape("input_shape", input_shape)
     if isinstance(loss, bool) or not isinstance(loss, numbers.Real):
         raise TypeError(f"loss must be a number (NaN when unknown), got {type(loss).__name__}")
-    a = _named("sent", sent, names)
-    b = _named("returned", returned, names)
+    a = _kept("sent", _named("sent", sent, names), names)
+    b = _kept("returned", _named("returned", returned, names), names)
     if set(a) != set(b):
         raise ValueError(f"sent and returned must hold the same parameters: only in sent {sorted(set(a) - set(b))}, "
                          f"only in returned {sorted(set(b) - set(a))}")
@@ -201,7 +206,7 @@ def _named(what: str, weights, names) -> dict[str, torch.Tensor]:
             raise TypeError(f"{what} is a sequence of weights, so pass names= (the parameter names in order, or "
                             f"the model whose named_parameters() they follow)")
         if isinstance(names, nn.Module):
-            order = [n for n, p in check_module("names", names).named_parameters() if p.requires_grad]
+            order = _module_order(check_module("names", names), len(weights))
         elif isinstance(names, Sequence) and not isinstance(names, str) and all(isinstance(n, str) for n in names):
             order = list(names)
         else:
@@ -215,6 +220,9 @@ def _named(what: str, weights, names) -> dict[str, torch.Tensor]:
     for name, w in items:
         if not isinstance(name, str):
             raise TypeError(f"{what} keys must be parameter names (str), got {type(name).__name__}")
+        if not isinstance(w, (torch.Tensor, np.ndarray)) and callable(getattr(w, "numpy", None)):
+            # a Flower Array (the values of an ArrayRecord)
+            w = w.numpy()
         if isinstance(w, np.ndarray):
             w = torch.tensor(w)
         if not isinstance(w, torch.Tensor) or not w.is_floating_point():
@@ -229,3 +237,29 @@ def _named(what: str, weights, names) -> dict[str, torch.Tensor]:
     if not out:
         raise ValueError(f"{what} holds no weights")
     return out
+
+
+def _trainable(model: nn.Module) -> list[str]:
+    return [n for n, p in unwrap_opacus(model).named_parameters() if p.requires_grad]
+
+
+def _module_order(model: nn.Module, count: int) -> list[str]:
+    """The names a sequence of ``count`` weights follows: the trainable parameters or the whole state_dict."""
+    params, state = _trainable(model), list(unwrap_opacus(model).state_dict().keys())
+    if count == len(params):
+        return params
+    if count == len(state):
+        return state
+    raise ValueError(f"the weights hold {count} tensors but the model has {len(params)} trainable parameters and "
+                     f"{len(state)} state_dict entries: give the weights in named_parameters() or state_dict() order")
+
+
+def _kept(what: str, weights: dict[str, torch.Tensor], names) -> dict[str, torch.Tensor]:
+    """With a model as ``names``: its trainable parameters only, every one of them present."""
+    if not isinstance(names, nn.Module):
+        return weights
+    params = _trainable(names)
+    missing = [n for n in params if n not in weights]
+    if missing:
+        raise ValueError(f"{what} lacks the model's parameters {missing}: the weights must come from this model")
+    return {n: weights[n] for n in params}

@@ -37,57 +37,20 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     raise ImportError("leakutils.fl needs Flower: pip install 'leakutils[fl]' (flwr[simulation]>=1.42)") from error
 
 from . import metrics
-from .attacks import bias_ratio, exan, fedavg
+from .attacks import fedavg
 from .core import Reconstruction, Update
 from .defences.local import update_from_weights
 from .validate import check_callable, check_module, check_number, check_shape
 
 __all__ = ["CuriousStrategy", "default_attack", "LOG_FIELDS"]
 
+#: The attack a curious server runs by default: :func:`leakutils.attacks.fedavg.analytic`.
+default_attack = fedavg.analytic
+
 #: Columns of the audit log (``audit.csv``; ``audit.jsonl`` holds the same records).
 LOG_FIELDS = ("round", "node_id", "client", "examples", "dtype", "lr", "local_steps", "attack", "returned",
               "recovered", "fraction_determined", "psnr_median", "psnr_min", "ssim_median", "label_accuracy",
               "seconds", "refused", "message", "png")
-
-
-def default_attack(model: nn.Module, update: Update) -> Reconstruction:
-    """ExAN (Chapter 4), else the rank-one bias ratio (Chapter 1): the first that is sure of something.
-
-    ExAN runs first: every sample it marks recovered reproduces the whole update. When it
-    recovers none (a pseudo-gradient of several local steps, heavy noise, a batch without
-    exclusive neurons), the bias ratio of the first layer runs with ``allow_batch=True``: for
-    one example it is exact even after many local steps (every step's first-layer gradient
-    is a multiple of the same input, so their sum still is), for a batch it returns a blend
-    that its mask marks undetermined. The returned diagnostics say which one answered
-    (``"fallback"``: why ExAN did not).
-
-    Parameters
-    ----------
-    model : nn.Module
-        A fully connected ReLU network with the weights the update was computed at.
-    update : Update
-        The (pseudo-)gradient the server read, float32 or float64.
-
-    Returns
-    -------
-    Reconstruction
-        ExAN's when it recovered at least one sample, else the bias ratio's.
-
-    Raises
-    ------
-    ValueError
-        When both attacks refuse the model or the update (the bias ratio's message).
-    """
-    try:
-        rec = exan.reconstruct(model, update)
-        why = f"ExAN recovered none of {rec.images.shape[0]} candidates"
-        if bool(rec.determined.flatten(1).all(dim=1).any()):
-            return rec
-    except ValueError as error:
-        why = f"ExAN refused: {error}"
-    rec = bias_ratio.reconstruct(model, update, allow_batch=True)
-    rec.diagnostics["fallback"] = why
-    return rec
 
 
 class CuriousStrategy(Strategy):

@@ -39,6 +39,7 @@ from leakutils.defences import output as output_defences
 from leakutils.defences import registry as d_registry
 from leakutils.defences import utility as d_utility
 from leakutils.widgets import activations as w_activations
+from leakutils.widgets import fedavg as w_fedavg
 from leakutils.widgets import bias_ratio as w_bias_ratio
 from leakutils.widgets import conv as w_conv
 from leakutils.widgets import defences as w_defences
@@ -792,6 +793,12 @@ CASES: list[Case] = [
          "lr must be a number in (0, inf]"),
     Case(fedavg.replay_tolerance, lambda: A(mlp(), {"w": 1}, lr=0.1, local_steps=1), TypeError,
          "update must be a leakutils Update"),
+    Case(w_fedavg.fedavg_demo, lambda: A(0), ValueError, "local_steps must be an integer in 1..50"),
+    Case(w_fedavg.fedavg_demo, lambda: A(1, 1, "float16"), ValueError, "dtype must be one of"),
+    Case(w_fedavg.fedavg_demo, lambda: A(1, lr=0.0), ValueError, "lr must be a number in (0, 10]"),
+    Case(w_fedavg.show_fedavg_demo, lambda: A(None), TypeError, "expected the FedAvgDemo"),
+    Case(w_fedavg.fedavg_panel, lambda: A(width=0), ValueError, "width must be an integer in 1..8192"),
+    Case(w_fedavg.fedavg_twin, lambda: A((1, 1)), ValueError, "must not repeat a value"),
     Case(fedavg.reconstruct, lambda: A(mlp(), update(), lr=0.1, local_steps=2, iterations=0), ValueError,
          "iterations must be an integer"),
     Case(fedavg.reconstruct, lambda: A(mlp(), update(), lr=0.1, local_steps=1, init="zeros"), ValueError,
@@ -826,6 +833,7 @@ EXEMPT: dict[str, str] = {
     "leakutils.widgets.extraction.extraction_panel": "takes no arguments (an ipywidgets panel)",
     "leakutils.widgets.bias_ratio.BiasRatioDemo": "a result record built only by bias_ratio_demo",
     "leakutils.widgets.defences.DefenceDemo": "a result record built only by defence_demo",
+    "leakutils.widgets.fedavg.FedAvgDemo": "a result record built only by fedavg_demo",
     "leakutils.widgets.activations.PropagationDemo": "a result record built only by propagation_demo",
     "leakutils.widgets.conv.ConvDemo": "a result record built only by conv_demo",
     "leakutils.widgets.exan.ExanDemo": "a result record built only by exan_demo",

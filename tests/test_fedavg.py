@@ -83,3 +83,27 @@ def test_replaying_the_local_steps_beats_assuming_one_step():
     # marked recovered only when the replay reproduces the update to round-off
     assert (replay.fraction_determined == 1.0) == replay.diagnostics["replay"]["consistent"]
     assert replay.fraction_determined == 0.0 or got > 100
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), m=st.integers(2, 12), steps=st.integers(2, 6), width=st.sampled_from([64, 256]),
+       lr=st.sampled_from([0.01, 0.1, 0.5]), dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_exan_on_a_pseudo_gradient_marks_only_true_samples(seed, m, steps, width, lr, dtype):
+    # a partial answer is not replayed: ExAN's own per-sample evidence must hold after T steps
+    from leakutils import data
+    from leakutils.attacks import exan
+
+    digits = data.load("digits", dtype=torch.float64)
+    idx = torch.randperm(len(digits.images), generator=torch.Generator().manual_seed(seed))[:m]
+    x, y = digits.images[idx].to(dtype), digits.labels[idx]
+    torch.manual_seed(seed)
+    net = models.MLP(tuple(x.shape[1:]), [width], 10, dtype=dtype)
+    update = defences.fedavg_update(net, x, y, lr=lr, local_steps=steps)
+    try:
+        rec = fedavg.certify(net, update, exan.reconstruct(net, update), lr=lr, local_steps=steps)
+    except ValueError:
+        return
+    whole = rec.determined.flatten(1).all(dim=1)
+    if whole.any():
+        sure = type(rec)(rec.images[whole], None, rec.determined[whole])
+        assert float(metrics.compare(sure, x.double()).psnr.min()) >= (60 if dtype == torch.float32 else 100)

@@ -108,7 +108,7 @@ def test_extraction_demo_complete_and_short_search():
 
 @pytest.mark.parametrize("make", [lambda: widgets.bias_ratio_panel(width=32), widgets.conv_panel,
                                   widgets.exan_panel, widgets.extraction_panel,
-                                  lambda: widgets.defence_panel(width=64)])
+                                  lambda: widgets.defence_panel(width=64), lambda: widgets.fedavg_panel(width=64)])
 def test_panel_builds(make):
     import ipywidgets  # part of the test extra
 
@@ -170,7 +170,7 @@ def test_panel_factory_wires_controls_to_demo_and_show():
 
 
 def test_package_exports_every_chapter_with_docstrings():
-    chapters = ("bias_ratio", "propagation", "conv", "exan", "inversion", "extraction", "defence")
+    chapters = ("bias_ratio", "propagation", "conv", "exan", "inversion", "extraction", "defence", "fedavg")
     parts = (("", "_demo"), ("show_", "_demo"), ("", "_panel"))
     names = [f"{kind}{c}{suffix}" for c in chapters for kind, suffix in parts]
     assert set(names) | {"DEMO_DATASETS", "DEMO_ACTIVATIONS"} <= set(widgets.__all__)
@@ -412,7 +412,7 @@ def test_psnr_text_reads_as_the_figures_do():
     assert psnr_text(float("inf")) == "exact" and psnr_text(318.4) == "318 dB" and psnr_text(12.34) == "12.3 dB"
 
 
-@pytest.mark.parametrize("name", ["bias_ratio_twin", "propagation_twin", "conv_twin", "defence_twin"])
+@pytest.mark.parametrize("name", ["bias_ratio_twin", "propagation_twin", "conv_twin", "defence_twin", "fedavg_twin"])
 def test_twins_are_exported_and_documented(name):
     doc = getattr(widgets, name).__doc__
     assert name in widgets.__all__ and all(part in doc for part in ("Parameters", "Returns", "Raises"))
@@ -441,3 +441,21 @@ def test_defence_twin_one_frame_per_setting():
     psnr = [r.psnr for r in twin.results]
     assert psnr[0] > psnr[1] > psnr[2]
     assert twin.captions[0].startswith("defence = none:  best attack ")
+
+
+def test_fedavg_demo_one_example_stays_exact_and_a_batch_is_lost_to_local_steps():
+    one = widgets.fedavg_demo(local_steps=10, batch_size=1)
+    assert one.recovered == 1 and one.psnr > 250
+    assert one.reconstruction.diagnostics["replay"]["consistent"]
+    eight = widgets.fedavg_demo(local_steps=1, batch_size=8, dtype="float32")
+    assert eight.recovered == 8 and eight.psnr > 100
+    lost = widgets.fedavg_demo(local_steps=5, batch_size=8)
+    assert lost.recovered == 0 and lost.reconstruction.fraction_determined == 0.0
+    assert isinstance(widgets.show_fedavg_demo(lost), matplotlib.figure.Figure)
+
+
+def test_fedavg_twin_one_frame_per_step_count():
+    twin = widgets.fedavg_twin((1, 5), width=64)
+    assert twin.values == (1, 5) and len(set(_frames(twin))) == 2
+    assert twin.results[0].recovered >= twin.results[1].recovered
+    assert twin.captions[1].startswith("local steps = 5:  median")

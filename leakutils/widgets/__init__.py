@@ -17,6 +17,7 @@ module                    demo, show, panel, kernel-free twin
 ``inversion`` (Ch. 5)     :func:`inversion_demo`, :func:`show_inversion_demo`, :func:`inversion_panel`, :func:`inversion_twin`
 ``extraction`` (Ch. 6)    :func:`extraction_demo`, :func:`show_extraction_demo`, :func:`extraction_panel`, :func:`extraction_twin`
 ``defences`` (Ch. 7)      :func:`defence_demo`, :func:`show_defence_demo`, :func:`defence_panel`, :func:`defence_twin`
+``fedavg`` (Ch. 8)        :func:`fedavg_demo`, :func:`show_fedavg_demo`, :func:`fedavg_panel`, :func:`fedavg_twin`
 ========================  ===================================================================
 
 Every live panel has a kernel-free twin for the HTML book: :func:`static_panel` (module
@@ -33,6 +34,7 @@ from .bias_ratio import BiasRatioDemo, bias_ratio_demo, bias_ratio_panel, bias_r
 from .conv import ConvDemo, conv_demo, conv_panel, conv_twin, show_conv_demo
 from .exan import ExanDemo, exan_demo, exan_panel, exan_twin, show_exan_demo
 from .extraction import ExtractionDemo, extraction_demo, extraction_panel, extraction_twin, show_extraction_demo
+from .fedavg import FedAvgDemo, fedavg_demo, fedavg_panel, fedavg_twin, show_fedavg_demo
 from .inversion import inversion_demo, inversion_panel, inversion_twin, show_inversion_demo
 from .panel import DEMO_ACTIVATIONS, DEMO_DATASETS
 from .static import StaticPanel, static_panel
@@ -44,4 +46,5 @@ __all__ = ["DEMO_DATASETS", "DEMO_ACTIVATIONS", "StaticPanel", "static_panel",
            "ExanDemo", "exan_demo", "show_exan_demo", "exan_panel", "exan_twin",
            "inversion_demo", "show_inversion_demo", "inversion_panel", "inversion_twin",
            "ExtractionDemo", "extraction_demo", "show_extraction_demo", "extraction_panel",
-           "extraction_twin", "DefenceDemo", "defence_demo", "show_defence_demo", "defence_panel", "defence_twin"]
+           "extraction_twin", "DefenceDemo", "defence_demo", "show_defence_demo", "defence_panel", "defence_twin",
+           "FedAvgDemo", "fedavg_demo", "show_fedavg_demo", "fedavg_panel", "fedavg_twin"]

@@ -11,8 +11,13 @@ lr`` (:func:`leakutils.defences.update_from_weights`; McMahan et al. 2017), runs
 it and writes a reconstruction per client and round, and then hands the replies, unchanged,
 to the wrapped strategy. The training is exactly the one the wrapped strategy runs.
 
-The same ``ServerApp`` runs under ``flwr.simulation.run_simulation`` (Ray) and with
-``flwr run`` against real clients. Flower is an optional dependency: ``pip install
+A client that trains in another dtype than the weights it was sent (a float32 client of a
+float64 server) started from the sent weights rounded to its dtype; the server rounds them
+the same way before reading the update.
+
+The wrapper uses nothing but Flower's ``Strategy`` interface: it runs wherever the
+wrapped strategy runs, in a ``ServerApp`` under ``flwr.simulation.run_simulation`` (Ray;
+tested) or deployed with ``flwr run``. Flower is an optional dependency: ``pip install
 "leakutils[fl]"``.
 """
 from __future__ import annotations
@@ -74,7 +79,8 @@ class CuriousStrategy(Strategy):
         server sends, key ``lr_key``; a ``ValueError`` when neither gives it.
     lr_key, steps_key : str
         Config keys of the learning rate (``"lr"``) and of the number of full-batch local
-        steps (``"local-steps"``). With more than one step the update is a FedAvg
+        steps (``"local-steps"``; a client that reports its own under the same key in its
+        ``MetricRecord`` overrides the config). With more than one step the update is a FedAvg
         pseudo-gradient, the sum of the steps' gradients, and what the attack returns is
         marked recovered only if replaying the steps on it gives the update
         (:func:`leakutils.attacks.fedavg.certify`).
@@ -92,7 +98,8 @@ class CuriousStrategy(Strategy):
     out_dir : str or Path, optional
         Folder for ``round_<r>/client_<id>.png`` (top row: reconstruction, undetermined
         samples dimmed; bottom: truth when known) and the logs ``audit.csv`` and
-        ``audit.jsonl`` (one record per reply; columns :data:`LOG_FIELDS`).
+        ``audit.jsonl`` (one record per reply; columns :data:`LOG_FIELDS`), written afresh
+        by each strategy (logs of an earlier run in the folder are replaced).
     progress : bool
         Show a tqdm bar over each round's replies.
 
@@ -145,6 +152,7 @@ class CuriousStrategy(Strategy):
         self.reconstructions: dict[tuple[int, int], Reconstruction] = {}
         self.truths: dict[tuple[int, int], torch.Tensor] = {}
         self._sent: dict[int, tuple[ArrayRecord, float, object]] = {}
+        self._logging = False
 
     # ----------------------------------------------------------------- Flower's hooks
 
@@ -199,27 +207,31 @@ class CuriousStrategy(Strategy):
             if self.out_dir is not None:
                 self._write(record)
 
-    def _model_at(self, sent: ArrayRecord) -> nn.Module:
+    def _model_at(self, sent: dict[str, torch.Tensor]) -> nn.Module:
         """The architecture with the sent weights, in their dtype."""
-        weights = {k: torch.from_numpy(np.array(v.numpy())) for k, v in sent.items()}
         model = copy.deepcopy(self.model)
-        dtype = next(iter(weights.values())).dtype
-        model.to(dtype).load_state_dict(weights, strict=False)
+        model.to(next(iter(sent.values())).dtype).load_state_dict(sent, strict=False)
         return model
 
     def _attack_one(self, server_round: int, reply: Message, sent: ArrayRecord, lr: float, steps) -> dict:
         node = int(reply.metadata.src_node_id)
         record = dict.fromkeys(LOG_FIELDS)
-        record.update({"round": server_round, "node_id": node, "lr": lr, "local_steps": steps, "refused": False})
-        returned = _only(reply.content.array_records, "ArrayRecord")
+        record.update({"round": server_round, "node_id": node, "lr": lr, "refused": False})
+        returned = _tensors(_only(reply.content.array_records, "ArrayRecord"))
         counts = _only(reply.content.metric_records, "MetricRecord")
         if self.examples_key not in counts:
             raise ValueError(f"the reply of node {node} has no {self.examples_key!r} in its MetricRecord: the "
                              f"server needs the client's example count (pass examples_key=)")
         record["examples"] = int(counts[self.examples_key])
-        model = self._model_at(sent)
-        record["dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
-        update = update_from_weights(sent, returned, lr=lr, batch_size=record["examples"],
+        # a client may report its own number of local steps; else the configured one
+        steps = counts.get(self.steps_key, steps)
+        record["local_steps"] = None if steps is None else int(steps)
+        # a client that trains in another dtype starts from the sent weights rounded to it
+        dtype = next(iter(returned.values())).dtype
+        start_weights = {k: v.to(dtype) for k, v in _tensors(sent).items()}
+        model = self._model_at(start_weights)
+        record["dtype"] = str(dtype).replace("torch.", "")
+        update = update_from_weights(start_weights, returned, lr=lr, batch_size=record["examples"],
                                      input_shape=self.input_shape, names=model)
         start = time.perf_counter()
         try:
@@ -254,14 +266,21 @@ class CuriousStrategy(Strategy):
             path = folder / f"client_{record['node_id']}.png"
             _save_png(path, self.reconstructions[key], self.truths.get(key))
             record["png"] = str(path.relative_to(self.out_dir))
-        new = not (self.out_dir / "audit.csv").exists()
-        with open(self.out_dir / "audit.csv", "a", newline="") as f:
+        # the first record of this strategy starts the logs afresh: one run, one log
+        mode = "a" if self._logging else "w"
+        self._logging = True
+        with open(self.out_dir / "audit.csv", mode, newline="") as f:
             writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
-            if new:
+            if mode == "w":
                 writer.writeheader()
             writer.writerow(record)
-        with open(self.out_dir / "audit.jsonl", "a") as f:
+        with open(self.out_dir / "audit.jsonl", mode) as f:
             f.write(json.dumps(record) + "\n")
+
+
+def _tensors(record) -> dict[str, torch.Tensor]:
+    """An ArrayRecord's arrays as tensors, by name."""
+    return {k: torch.from_numpy(np.array(v.numpy())) for k, v in record.items()}
 
 
 def _only(records, kind: str):

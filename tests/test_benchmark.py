@@ -83,3 +83,18 @@ def test_defences_benchmark_quick_prints_one_json_line_last():
     accuracy = result["utility"]
     assert accuracy["untrained"]["accuracy"] < 0.2 < accuracy["none"]["-"]["accuracy"] <= 1
     assert set(accuracy["quantise"]) == {"float16", "int8", "sign"}
+
+
+def test_fedavg_benchmark_quick_prints_one_json_line_last():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fedavg.py"), "--quick"],
+                         capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    rows = {(r["dtype"], r["batch_size"], r["local_steps"]): r for r in result["settings"]}
+    assert set(rows) == {(d, m, t) for d in ("float32", "float64") for m in (1, 8) for t in (1, 5, 10)}
+    # one example: exact after any number of local steps, float32 and float64 alike
+    for d in ("float32", "float64"):
+        for t in (1, 5, 10):
+            assert rows[d, 1, t]["recovered"] == 1.0 and rows[d, 1, t]["at_least_100_db"] == 1.0
+    # a batch of 8 in one step: ExAN; after five steps nothing is certified
+    assert rows["float64", 8, 1]["recovered"] == 1.0 and rows["float64", 8, 5]["recovered"] == 0.0
+    assert [r["local_steps"] for r in result["replay"]] == [1, 5, 10]

@@ -134,3 +134,20 @@ def test_default_attack_is_exact_for_one_example_after_many_local_steps(dtype):
     blend = fl.default_attack(net, eight)
     assert blend.fraction_determined == 0.0
     assert fedavg.certify(net, eight, blend, lr=LR, local_steps=5).fraction_determined == 0.0
+
+
+@pytest.mark.parametrize("m", [1, 8])
+def test_weights_read_with_the_wrong_sign_give_nothing_certified(m):
+    # sent and returned swapped: the ratios survive, the labels and every check do not
+    from leakutils import defences
+
+    net = _model()
+    x, y = _batch(3, m)
+    sent = {n: w.detach().clone() for n, w in net.state_dict().items()}
+    step = defences.fedavg_update(net, x, y, lr=LR)
+    returned = {n: w - LR * step[n] for n, w in sent.items()}
+    right = defences.update_from_weights(sent, returned, lr=LR, batch_size=m, input_shape=SHAPE, names=net)
+    swapped = defences.update_from_weights(returned, sent, lr=LR, batch_size=m, input_shape=SHAPE, names=net)
+    assert fl.default_attack(net, right).fraction_determined == 1.0
+    wrong = fl.default_attack(net, swapped)
+    assert wrong.fraction_determined == 0.0

@@ -13,7 +13,11 @@ one pass without peeling (``recovered_one_pass``); the paper's procedure alone
 ``label_accuracy`` (multiset); ``batch_size_correct`` (fraction of batches whose size the
 attack counted right); the measured mean ExANs per sample, the activation probability p and
 the estimate ``N p (1-p)^(M-1)``; the fraction of samples with at least one ExAN (the most any
-ExAN attack can get); and the mean seconds per batch of the attack.
+ExAN attack can get); the mean seconds per batch of the attack; and ``float32``: the same
+batches from float32 clients (a float32 copy of the network), the fractions of the batch
+marked recovered at >= 60 and >= 100 dB against the float64 truth, the samples marked
+recovered below 60 dB (``marked_wrong``) and the batches where more samples were marked than
+the batch size the attack read (``batches_over_batch_size``).
 
     python benchmarks/exan.py                     # the full grid (a few minutes)
     python benchmarks/exan.py --widths 1024 --batch-sizes 8 --samples 16   # quick
@@ -21,6 +25,7 @@ ExAN attack can get); and the mean seconds per batch of the attack.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 
@@ -51,10 +56,21 @@ def make_model(width: int, state: str, train_steps: int, ds, seed: int = 0) -> t
     return model.double()
 
 
+def float32_client(model32, x, y, M: int) -> dict:
+    """The same batch from a float32 client: marked samples at >= 60 / >= 100 dB against the float64 truth."""
+    rec = exan.reconstruct(model32, capture.client_update(model32, x.float(), y))
+    good = rec.diagnostics["recovered"]
+    psnr = metrics.compare(rec.images[good], x).psnr if good.any() else torch.zeros(0)
+    return {"marked": int(good.sum()), "at_least_60": int((psnr >= 60).sum()), "at_least_100": int((psnr >= EXACT_DB).sum()),
+            "wrong": int((psnr < 60).sum()), "over_batch_size": int(int(good.sum()) > rec.diagnostics["batch_size"])}
+
+
 def cell(model, ds, width: int, M: int, samples: int) -> dict:
-    """Attack ``max(1, samples // M)`` disjoint batches of M held-out digits."""
+    """Attack ``max(1, samples // M)`` disjoint batches of M held-out digits (float64 clients, then float32)."""
     x_all, y_all = ds.images[ATTACK], ds.labels[ATTACK]
     batches = max(1, samples // M)
+    model32 = copy.deepcopy(model).float()
+    f32 = {"marked": 0, "at_least_60": 0, "at_least_100": 0, "wrong": 0, "over_batch_size": 0}
     total = ok = ok_one = ok_paper = labels_hit = size_ok = with_exan = 0
     exans, ps, seconds = [], [], []
     for b in range(batches):
@@ -69,6 +85,8 @@ def cell(model, ds, width: int, M: int, samples: int) -> dict:
         seconds.append(time.perf_counter() - t0)
         one_pass = exan.reconstruct(model, up, peel=False)
         paper = exan.reconstruct(model, up, verify=False, peel=False)
+        for key, value in float32_client(model32, x, y, M).items():
+            f32[key] += value
         total += M
         for r, key in ((rec, "checked"), (one_pass, "one_pass"), (paper, "paper")):
             good = r.diagnostics["recovered"]
@@ -93,6 +111,8 @@ def cell(model, ds, width: int, M: int, samples: int) -> dict:
         "exans_mean": float(torch.cat(exans).mean()), "p": p,
         "exans_expected": exan.expected_exans(width, min(max(p, 0.0), 1.0), M),
         "seconds": sum(seconds) / len(seconds),
+        "float32": {"at_least_60_db": f32["at_least_60"] / total, "at_least_100_db": f32["at_least_100"] / total,
+                    "marked_wrong": f32["wrong"], "batches_over_batch_size": f32["over_batch_size"]},
     }
 
 
@@ -123,7 +143,8 @@ def main(argv=None) -> dict:
             print(f"{state:7s} N={width:5d} M={M:3d}  recovered {r['recovered']:6.1%} (one pass {r['recovered_one_pass']:6.1%}, "
                   f"paper {r['recovered_paper']:6.1%}, with an ExAN {r['with_exan']:6.1%})  labels {r['label_accuracy']:6.1%}  "
                   f"size right {r['batch_size_correct']:5.0%}  ExANs {r['exans_mean']:7.1f} "
-                  f"(estimate {r['exans_expected']:7.1f}, p {r['p']:.2f})  {r['seconds']:.2f} s", flush=True)
+                  f"(estimate {r['exans_expected']:7.1f}, p {r['p']:.2f})  {r['seconds']:.2f} s  float32 >=100 dB "
+                  f"{r['float32']['at_least_100_db']:6.1%} (wrong {r['float32']['marked_wrong']})", flush=True)
 
     def find(state, width, M):
         return next((r for r in rows if (r["state"], r["width"], r["batch_size"]) == (state, width, M)), None)

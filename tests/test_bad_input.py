@@ -32,7 +32,8 @@ from leakutils import (activations, blackbox, book, capture, core, critical_poin
                        flatnets, inversion, inversion_loss, inversion_models, metamodel, metrics, models, plot,
                        validate)
 from leakutils import fl
-from leakutils.attacks import bias_ratio, conv, dlg, exan, fedavg, forward, inverting, labels, pruned, residual
+from leakutils.attacks import (bias_ratio, conv, dlg, exan, fedavg, forward, imprint, inverting, labels, pruned,
+                               residual)
 from leakutils.defences import figures as d_figures
 from leakutils.defences import matrix as d_matrix
 from leakutils.defences import output as output_defences
@@ -803,6 +804,15 @@ CASES: list[Case] = [
          "iterations must be an integer"),
     Case(fedavg.reconstruct, lambda: A(mlp(), update(), lr=0.1, local_steps=1, init="zeros"), ValueError,
          "init must be None, 'random'"),
+    Case(imprint.ImprintBlock, lambda: A((1, 2, 2), torch.tensor([0.5, 0.2])), ValueError, "strictly increasing"),
+    Case(imprint.ImprintBlock, lambda: A((1, 2, 2), torch.tensor([0.1, 0.2]), torch.ones(3)), ValueError,
+         "measurement must have 4 values"),
+    Case(imprint.thresholds, lambda: A(torch.rand(10, 1, 2, 2), 1), ValueError, "bins must be an integer"),
+    Case(imprint.thresholds, lambda: A(torch.zeros(10, 1, 2, 2), 4), ValueError, "too few distinct values"),
+    Case(imprint.malicious_model, lambda: A("net", torch.rand(10, 1, 4, 4), 4), TypeError, "model must be"),
+    Case(imprint.expected_alone, lambda: A(0, 4), ValueError, "batch_size must be an integer"),
+    Case(imprint.reconstruct, lambda: A(mlp(), update()), ValueError, "holds no ImprintBlock"),
+    Case(imprint.reconstruct, lambda: A(mlp(), "update"), TypeError, "update must be a leakutils Update"),
     Case(fl.default_attack, lambda: A(mlp(), None), TypeError, "update must be"),
     Case(fl.CuriousStrategy, lambda: A("mlp"), TypeError, "model must be"),
     Case(fl.CuriousStrategy, lambda: A(mlp(), strategy="FedAvg"), TypeError, "strategy must be a Flower Strategy"),

@@ -34,6 +34,10 @@ def test_exan_benchmark_prints_one_json_line_last():
         assert r["recovered_one_pass"] <= r["with_exan"]  # one pass needs an ExAN per sample
     assert all(r["recovered"] == 1.0 and r["batch_size_correct"] == 1.0 for r in rows if r["batch_size"] == 1)
     assert set(result["goals"]) == {"random", "trained"}
+    # float32 clients: nothing marked wrong, never more marked than the batch size read
+    for r in rows:
+        assert r["float32"]["marked_wrong"] == 0 and r["float32"]["batches_over_batch_size"] == 0
+        assert 0.0 <= r["float32"]["at_least_100_db"] <= r["float32"]["at_least_60_db"] <= 1.0
 
 
 def test_inversion_benchmark_quick_prints_one_json_line_last():

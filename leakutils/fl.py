@@ -210,7 +210,8 @@ class CuriousStrategy(Strategy):
     def _model_at(self, sent: dict[str, torch.Tensor]) -> nn.Module:
         """The architecture with the sent weights, in their dtype."""
         model = copy.deepcopy(self.model)
-        model.to(next(iter(sent.values())).dtype).load_state_dict(sent, strict=False)
+        dtype = next(v.dtype for v in sent.values() if v.is_floating_point())
+        model.to(dtype).load_state_dict(sent, strict=False)
         return model
 
     def _attack_one(self, server_round: int, reply: Message, sent: ArrayRecord, lr: float, steps) -> dict:
@@ -227,8 +228,8 @@ class CuriousStrategy(Strategy):
         steps = counts.get(self.steps_key, steps)
         record["local_steps"] = None if steps is None else int(steps)
         # a client that trains in another dtype starts from the sent weights rounded to it
-        dtype = next(iter(returned.values())).dtype
-        start_weights = {k: v.to(dtype) for k, v in _tensors(sent).items()}
+        dtype = next(v.dtype for v in returned.values() if v.is_floating_point())
+        start_weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in _tensors(sent).items()}
         model = self._model_at(start_weights)
         record["dtype"] = str(dtype).replace("torch.", "")
         update = update_from_weights(start_weights, returned, lr=lr, batch_size=record["examples"],

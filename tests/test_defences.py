@@ -495,3 +495,22 @@ def test_soteria_scores_follow_the_authors_loop_on_a_cnn():
     u, keep = defences.soteria(model, x, torch.tensor([0, 1, 2]), prune_fraction=0.8, return_mask=True)
     assert int((~keep).sum()) == int((scores < torch.quantile(scores, 0.8)).sum())
     assert torch.equal(u["fc.weight"][:, ~keep], torch.zeros_like(u["fc.weight"][:, ~keep]))
+
+
+def test_weights_of_a_batch_norm_model_skip_its_buffers():
+    # a state_dict holds batch-norm statistics and an int64 counter: not gradients
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6),
+                              torch.nn.ReLU(), torch.nn.Linear(6, 3)).double()
+    x, y = torch.rand(5, 1, 2, 2, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1])
+    sent = [w.detach().clone() for w in net.state_dict().values()]
+    plain = capture.client_update(net, x, y)
+    client = copy.deepcopy(net)
+    opt = torch.optim.SGD(client.parameters(), lr=0.1)
+    torch.nn.functional.cross_entropy(client(x), y).backward()
+    opt.step()
+    returned = [w.detach().numpy() for w in client.state_dict().values()]
+    u = defences.update_from_weights(sent, returned, lr=0.1, batch_size=5, input_shape=(1, 2, 2), names=net)
+    assert set(u.gradients) == set(plain.gradients)
+    for n, g in plain.gradients.items():
+        assert float((u[n] - g).abs().max()) < 1e-12, n

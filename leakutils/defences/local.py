@@ -217,9 +217,13 @@ def _named(what: str, weights, names) -> dict[str, torch.Tensor]:
     else:
         raise TypeError(f"{what} must be a dict of name -> tensor or a list of tensors, got {type(weights).__name__}")
     out: dict[str, torch.Tensor] = {}
+    # with a model as names, buffers (e.g. batch-norm counters) and frozen weights are not read
+    keep = set(_trainable(names)) if isinstance(names, nn.Module) else None
     for name, w in items:
         if not isinstance(name, str):
             raise TypeError(f"{what} keys must be parameter names (str), got {type(name).__name__}")
+        if keep is not None and (name[len(_OPACUS_PREFIX):] if name.startswith(_OPACUS_PREFIX) else name) not in keep:
+            continue
         if not isinstance(w, (torch.Tensor, np.ndarray)) and callable(getattr(w, "numpy", None)):
             # a Flower Array (the values of an ArrayRecord)
             w = w.numpy()

@@ -7,7 +7,10 @@
    would send an exactly zero gradient):
    how many images are fully determined (the equations fix every pixel and the rebuilt image
    passes the whole-model gradient check), how many reach PSNR >= 100 dB,
-   the median PSNR and the median seconds per image of ``attacks.conv.reconstruct``.
+   the median PSNR and the median seconds per image of ``attacks.conv.reconstruct``; and
+   for the first ``--float32-n`` images, the same client in float32 (a float32 copy of the
+   network): images determined, at >= 60 and >= 100 dB against the float64 truth, determined
+   ones below 60 dB (which must be none), median PSNR.
 2. On the first ``dlg_n`` images of each data set, DLG (L-BFGS, 300 steps as its code),
    R-GAP (its stacked gradient, forward and padding rows, ``method="rgap"``) and R-CONV on the
    same gradients of DLG's own setting (sigmoid LeNet, weights U(-0.5, 0.5)): median PSNR,
@@ -26,6 +29,7 @@ range 1 ("inf" when bit-exact); seconds are wall-clock on this machine, 2 thread
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import statistics
@@ -54,16 +58,41 @@ def _model(arch: str, name: str, act: str):
     return models.init_weights(ARCHITECTURES[arch](c, s, act), "default", seed=0)
 
 
-def accuracy(n: int) -> dict:
+def _float32_client(model32, x, y):
+    """(PSNR against the float64 truth, marked determined) for a float32 client, or None for a zero gradient."""
+    try:
+        rec = conv.reconstruct(model32, capture.client_update(model32, x.float(), y), labels=False)
+    except ValueError as err:
+        if "is zero" not in str(err):
+            raise
+        return None
+    return float(metrics.psnr(rec.images, x)[0]), bool(rec.determined.all())
+
+
+def _float32_summary(runs) -> dict:
+    runs = [r for r in runs if r is not None]
+    if not runs:
+        return {"images": 0}
+    psnrs = [p for p, _ in runs]
+    return {"images": len(runs), "determined": sum(d for _, d in runs),
+            "at_least_60_db": sum(p >= 60 for p in psnrs), "at_least_100_db": sum(p >= 100 for p in psnrs),
+            "determined_below_60_db": sum(d and p < 60 for p, d in runs),
+            "median_psnr_db": _num(statistics.median(psnrs))}
+
+
+def accuracy(n: int, float32_n: int = 0) -> dict:
     out: dict = {}
     for name in DATASETS:
         ds = data.load(name, n, dtype=torch.float64)
         for arch in ARCHITECTURES:
             for act in ACTIVATIONS:
                 model = _model(arch, name, act)
-                psnrs, secs, determined, silent = [], [], [], 0
+                model32 = copy.deepcopy(model).float()
+                psnrs, secs, determined, silent, f32 = [], [], [], 0, []
                 for i in tqdm(range(n), desc=f"{name}/{arch}/{act}", leave=False):
                     x, y = ds[i]
+                    if i < float32_n:
+                        f32.append(_float32_client(model32, x, y))
                     u = capture.client_update(model, x, y)
                     t0 = time.perf_counter()
                     try:
@@ -81,6 +110,7 @@ def accuracy(n: int) -> dict:
                     "exact": sum(p >= 100 for p in psnrs),
                     "exact_when_determined": sum(p >= 100 for p, d in zip(psnrs, determined) if d),
                     "median_psnr_db": _num(statistics.median(psnrs)), "median_seconds": statistics.median(secs),
+                    "float32": _float32_summary(f32),
                 }
     return out
 
@@ -149,15 +179,20 @@ def main(argv=None) -> dict:
     parser.add_argument("--dlg-n", type=int, default=10, help="images per data set for DLG (default 10)")
     parser.add_argument("--dlg-steps", type=int, default=300, help="DLG's L-BFGS steps (default 300)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128])
+    parser.add_argument("--float32-n", type=int, default=10,
+                        help="images per setting also sent by a float32 client (default 10)")
     args = parser.parse_args(argv)
     if min(args.n, args.dlg_n, args.dlg_steps) < 1:
         parser.error("--n, --dlg-n and --dlg-steps must be positive")
     torch.set_num_threads(2)
-    results = {"accuracy": accuracy(args.n), "dlg": against_dlg(args.dlg_n, args.dlg_steps),
+    results = {"accuracy": accuracy(args.n, min(args.float32_n, args.n)), "dlg": against_dlg(args.dlg_n, args.dlg_steps),
                "scaling": scaling(args.sizes)}
     for key, r in results["accuracy"].items():
+        f32 = r["float32"]
         print(f"{key:28s} determined {r['determined']:3d}/{r['images']}  exact {r['exact']:3d}/{r['images']}  "
-              f"median {r['median_psnr_db']} dB  {r['median_seconds']:.3f} s")
+              f"median {r['median_psnr_db']} dB  {r['median_seconds']:.3f} s  float32: determined "
+              f"{f32.get('determined', 0)}/{f32['images']}, >=60 dB {f32.get('at_least_60_db', 0)}, >=100 dB "
+              f"{f32.get('at_least_100_db', 0)}, median {f32.get('median_psnr_db')} dB")
     for key, r in results["dlg"].items():
         print(f"DLG {key}: R-CONV {r['rconv_median_psnr_db']} dB in {r['rconv_median_seconds']:.3f} s; "
               f"R-GAP {r['rgap_median_psnr_db']} dB in {r['rgap_median_seconds']:.3f} s; "

@@ -15,9 +15,9 @@ A client that trains in another dtype than the weights it was sent (a float32 cl
 float64 server) started from the sent weights rounded to its dtype; the server rounds them
 the same way before reading the update.
 
-The wrapper uses nothing but Flower's ``Strategy`` interface: it runs wherever the
-wrapped strategy runs, in a ``ServerApp`` under ``flwr.simulation.run_simulation`` (Ray;
-tested) or deployed with ``flwr run``. Flower is an optional dependency: ``pip install
+The wrapper uses nothing but Flower's ``Strategy`` interface, so it goes wherever the
+wrapped strategy goes; the course runs it in a ``ServerApp`` under
+``flwr.simulation.run_simulation`` (Ray). Flower is an optional dependency: ``pip install
 "leakutils[fl]"``.
 """
 from __future__ import annotations

@@ -102,3 +102,5 @@ def test_fedavg_benchmark_quick_prints_one_json_line_last():
     # a batch of 8 in one step: ExAN; after five steps nothing is certified
     assert rows["float64", 8, 1]["recovered"] == 1.0 and rows["float64", 8, 5]["recovered"] == 0.0
     assert [r["local_steps"] for r in result["replay"]] == [1, 5, 10]
+    # minibatch epochs: whatever is marked recovered is right
+    assert len(result["epochs"]) == 6 and all(r["marked_below_60_db"] == 0 for r in result["epochs"])

@@ -151,7 +151,7 @@ class CuriousStrategy(Strategy):
         self.log: list[dict] = []
         self.reconstructions: dict[tuple[int, int], Reconstruction] = {}
         self.truths: dict[tuple[int, int], torch.Tensor] = {}
-        self._sent: dict[int, tuple[ArrayRecord, float, object]] = {}
+        self._sent: dict[int, tuple[dict[str, torch.Tensor], float, object]] = {}
         self._logging = False
 
     # ----------------------------------------------------------------- Flower's hooks
@@ -171,7 +171,8 @@ class CuriousStrategy(Strategy):
                              f"an update: pass lr= to CuriousStrategy or send it in the train config under "
                              f"{self.lr_key!r}")
         lr = check_number("lr", float(lr), 0.0, lo_open=True)
-        self._sent[server_round] = (copy.deepcopy(arrays), lr, config.get(self.steps_key))
+        # the sent weights as tensors, read once per round (a copy: the strategy may change its record)
+        self._sent[server_round] = (_tensors(arrays), lr, config.get(self.steps_key))
         return self.strategy.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
@@ -214,7 +215,8 @@ class CuriousStrategy(Strategy):
         model.to(dtype).load_state_dict(sent, strict=False)
         return model
 
-    def _attack_one(self, server_round: int, reply: Message, sent: ArrayRecord, lr: float, steps) -> dict:
+    def _attack_one(self, server_round: int, reply: Message, sent: dict[str, torch.Tensor], lr: float,
+                    steps) -> dict:
         node = int(reply.metadata.src_node_id)
         record = dict.fromkeys(LOG_FIELDS)
         record.update({"round": server_round, "node_id": node, "lr": lr, "refused": False})
@@ -229,7 +231,7 @@ class CuriousStrategy(Strategy):
         record["local_steps"] = None if steps is None else int(steps)
         # a client that trains in another dtype starts from the sent weights rounded to it
         dtype = next(v.dtype for v in returned.values() if v.is_floating_point())
-        start_weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in _tensors(sent).items()}
+        start_weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sent.items()}
         model = self._model_at(start_weights)
         record["dtype"] = str(dtype).replace("torch.", "")
         update = update_from_weights(start_weights, returned, lr=lr, batch_size=record["examples"],

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import time
 
 import torch
@@ -30,7 +29,7 @@ from torch.func import functional_call
 from ..core import Reconstruction, Update
 from ..validate import check_int, check_module, check_number, check_seed
 from ._common import check_model_update, layer_gradient, num_classes
-from .inverting import DECAY_AT, _check_init, _labels, total_variation
+from .inverting import _check_init, _cosine_distance, _labels, _run
 
 __all__ = ["analytic", "certify", "replay_tolerance", "reconstruct"]
 
@@ -276,12 +275,17 @@ def reconstruct(model: nn.Module, update: Update, *, lr: float, local_steps: int
     y, method = _labels(labels, model, update, m, classes)
     if start is None:
         start = torch.rand((m, *shape), generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
-    best = _search(net, named, target, start, y, lr, steps, iterations, step_size, tv)
+    def replay(x):
+        return _replayed(net, named, x, y, lr, steps)
+
+    best = _run(net, None, target, start, y, iterations, step_size, tv, True, grads_of=replay)
+    with torch.enable_grad():
+        cosine = float(_cosine_distance(replay(best["x"]), target))
     images = best["x"].to(torch.float64)
     rec = Reconstruction(images=images, labels=y.clone(), determined=torch.zeros_like(images, dtype=torch.bool),
                          attack="fedavg_replay")
     rec = certify(model, update, rec, lr=lr, local_steps=steps)
-    rec.diagnostics.update(cosine_distance=best["cosine"], loss=best["loss"], history=best["history"],
+    rec.diagnostics.update(cosine_distance=cosine, loss=best["loss"], history=best["history"],
                            label_method=method, iterations=iterations, local_steps=steps,
                            seconds=time.perf_counter() - t0)
     return rec
@@ -297,37 +301,3 @@ def _replayed(net, named, x, y, lr: float, steps: int) -> list[torch.Tensor]:
         grads = torch.autograd.grad(loss, weights, create_graph=True)
         weights = [w - lr * g for w, g in zip(weights, grads)]
     return [(w0 - w) / lr for w0, w in zip(start, weights)]
-
-
-def _cosine(grads, target) -> torch.Tensor:
-    dot = sum((g * t).sum() for g, t in zip(grads, target))
-    norms = torch.sqrt(sum((g * g).sum() for g in grads)) * torch.sqrt(sum((t * t).sum() for t in target))
-    return 1 - dot / norms
-
-
-def _search(net, named, target, x0, y, lr, steps, iterations, step_size, tv) -> dict:
-    """Signed Adam on the replay's cosine distance; the iterate with the lowest loss."""
-    x = x0.clone().requires_grad_(True)
-    opt = torch.optim.Adam([x], lr=step_size)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(iterations * f) for f in DECAY_AT], gamma=0.1)
-    best = {"loss": math.inf, "x": x0.clone(), "cosine": math.nan, "history": []}
-    with torch.enable_grad():
-        for step in range(iterations + 1):
-            cosine = _cosine(_replayed(net, named, x, y, lr, steps), target)
-            loss = cosine + tv * total_variation(x) if tv > 0 else cosine
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                break
-            if step % 10 == 0:
-                best["history"].append(value)
-            if value < best["loss"]:
-                best.update(loss=value, x=x.detach().clone(), cosine=float(cosine.detach()))
-            if step == iterations:
-                break
-            (grad,) = torch.autograd.grad(loss, x)
-            x.grad = grad.sign()
-            opt.step()
-            sched.step()
-            with torch.no_grad():
-                x.clamp_(0.0, 1.0)
-    return best

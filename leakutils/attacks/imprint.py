@@ -235,7 +235,7 @@ def reconstruct(model: nn.Module, update: Update, *, num_classes: int | None = N
     floor = CHECK_EPS_FACTOR * eps * float(db.abs().max())
     occupied = (ddb.abs() > floor).nonzero().flatten()
     images = (ddw[occupied] / ddb[occupied, None]).reshape(-1, *block.input_shape)
-    labels, sure, mismatch = _check(model, update, images, ddb[occupied], eps, num_classes)
+    labels, sure, mismatch = _check(model, block, update, images, ddb[occupied], eps, num_classes)
     determined = sure.reshape(-1, *([1] * len(block.input_shape))).expand_as(images).clone()
     return Reconstruction(images=images, labels=labels, determined=determined,
                           diagnostics={"bins": block.bins, "occupied": int(occupied.numel()),
@@ -245,7 +245,8 @@ def reconstruct(model: nn.Module, update: Update, *, num_classes: int | None = N
                           attack="imprint")
 
 
-def _check(model, update: Update, images: torch.Tensor, diffs: torch.Tensor, eps: float, num_classes):
+def _check(model, block: ImprintBlock, update: Update, images: torch.Tensor, diffs: torch.Tensor, eps: float,
+           num_classes):
     """For each candidate: the label whose own c(x, y) equals M times its bin difference, if any."""
     net_dtype = next(model.parameters()).dtype
     n = images.shape[0]
@@ -257,7 +258,6 @@ def _check(model, update: Update, images: torch.Tensor, diffs: torch.Tensor, eps
     with torch.no_grad():
         out = model(images.to(net_dtype))
     classes = out.shape[1] if num_classes is None else check_int("num_classes", num_classes, 2)
-    _, block = _find_block(model)
     for r in range(n):
         x = images[r:r + 1].to(net_dtype).requires_grad_(True)
         best = math.inf

@@ -332,8 +332,16 @@ def _cosine_distance(grads, target) -> torch.Tensor:
     return 1 - dot / (g_norm * t_norm)
 
 
-def _run(net, params, target, x0, y, iterations, lr, tv, boxed) -> dict:
-    """One run of signed Adam from ``x0``; the iterate with the lowest loss and the loss history."""
+def _run(net, params, target, x0, y, iterations, lr, tv, boxed, grads_of=None) -> dict:
+    """One run of signed Adam from ``x0``; the iterate with the lowest loss and the loss history.
+
+    ``grads_of(x)`` gives the candidate's gradients to match (differentiable in ``x``);
+    default: its one gradient at the model's weights.
+    """
+    if grads_of is None:
+        def grads_of(x):
+            return _gradients(net, params, x, y, True)
+
     x = x0.clone().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=lr)
     milestones = [int(iterations * f) for f in DECAY_AT]
@@ -341,7 +349,7 @@ def _run(net, params, target, x0, y, iterations, lr, tv, boxed) -> dict:
     best, best_x, history, diverged = math.inf, x0.clone(), [], False
     with torch.enable_grad():
         for step in range(iterations + 1):
-            loss = _cosine_distance(_gradients(net, params, x, y, True), target)
+            loss = _cosine_distance(grads_of(x), target)
             if tv > 0:
                 loss = loss + tv * total_variation(x)
             value = float(loss.detach())

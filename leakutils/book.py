@@ -39,7 +39,9 @@ def glue(name: str, value: Any, display: bool = False) -> Any:
     Returns
     -------
     Any
-        ``value`` itself, so ``psnr = glue("ch1_psnr", float(scores.psnr.min()))`` reads as one line.
+        ``value`` itself, so ``psnr = glue("ch1_psnr", float(scores.psnr.min()))`` reads as one
+        line; a NumPy or torch scalar (``np.float64``, a 0-d tensor) as the Python number it
+        holds, which is also what is glued (the book formats Python numbers only).
 
     Raises
     ------
@@ -54,6 +56,9 @@ def glue(name: str, value: Any, display: bool = False) -> Any:
     if not name or not name.isascii() or not name.replace("_", "").isalnum():
         raise ValueError(f"a glue key must be letters, digits and '_' only, e.g. 'ch1_psnr', got {name!r}")
     check_bool("display", display)
+    # a NumPy or torch scalar is glued as the Python number it holds, so the prose can format it
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():
+        value = value.item()
     glued[name] = value
     if _myst_glue is not None:
         _myst_glue(name, value, display=display)

@@ -32,8 +32,9 @@ from leakutils import (activations, blackbox, book, capture, core, critical_poin
                        flatnets, inversion, inversion_loss, inversion_models, metamodel, metrics, models, plot,
                        validate)
 from leakutils import fl
-from leakutils.attacks import (bias_ratio, conv, dlg, exan, fedavg, forward, imprint, inverting, labels, pruned,
-                               residual)
+from leakutils.attacks import (bias_ratio, conv, dlg, exan, fedavg, fishing, forward, imprint, inverting, labels,
+                               pruned, residual)
+from leakutils.defences import detect
 from leakutils.defences import figures as d_figures
 from leakutils.defences import matrix as d_matrix
 from leakutils.defences import output as output_defences
@@ -47,6 +48,7 @@ from leakutils.widgets import defences as w_defences
 from leakutils.widgets import exan as w_exan
 from leakutils.widgets import extraction as w_extraction
 from leakutils.widgets import inversion as w_inversion
+from leakutils.widgets import malicious as w_malicious
 from leakutils.widgets import panel
 from leakutils.widgets import static as w_static
 
@@ -813,6 +815,40 @@ CASES: list[Case] = [
     Case(imprint.expected_alone, lambda: A(0, 4), ValueError, "batch_size must be an integer"),
     Case(imprint.reconstruct, lambda: A(mlp(), update()), ValueError, "holds no ImprintBlock"),
     Case(imprint.reconstruct, lambda: A(mlp(), "update"), TypeError, "update must be a leakutils Update"),
+    Case(imprint.thresholds, lambda: A(torch.rand(10, 1, 2, 2), 0, sparse=True), ValueError,
+         "bins must be an integer in 1..100000"),
+    Case(imprint.ImprintBlock, lambda: A((1, 2, 2), torch.tensor([0.3]), sparse=True), ValueError,
+         "k + 1 >= 2 strictly increasing bin edges"),
+    Case(fishing.fish, lambda: A("net", 0), TypeError, "model must be a torch.nn.Module"),
+    Case(fishing.fish, lambda: A(mlp(), 3), ValueError, "target_class must be an integer in 0..2"),
+    Case(fishing.fish, lambda: A(mlp(), 0, gap=-5), ValueError, "gap must be a number in (0, inf]"),
+    Case(fishing.reconstruct, lambda: A(mlp(), batch_update(), target_class=0), ValueError,
+         "is not fished for class 0"),
+    Case(fishing.reconstruct, lambda: A(fishing.fish(mlp(), 0), "update", target_class=0), TypeError,
+         "update must be a leakutils Update"),
+    Case(fishing.expected_isolated, lambda: A(0, 10), ValueError, "batch_size must be an integer >= 1"),
+    Case(fishing.expected_isolated, lambda: A(16, 10, 1.5), ValueError, "class_prob must be a number in [0, 1]"),
+    Case(w_malicious.malicious_demo, lambda: A(1), ValueError, "bins must be an integer in 2..4096"),
+    Case(w_malicious.malicious_demo, lambda: A(16, 8, "yes"), TypeError, "sparse must be"),
+    Case(w_malicious.malicious_demo, lambda: A(16, 8, False, "float16"), ValueError, "dtype must be one of"),
+    Case(w_malicious.show_malicious_demo, lambda: A(None), TypeError, "expected the MaliciousDemo"),
+    Case(w_malicious.malicious_panel, lambda: A(width=0), ValueError, "width must be an integer in 1..8192"),
+    Case(w_malicious.malicious_twin, lambda: A((4, 4)), ValueError, "must not repeat a value"),
+    Case(detect.inspect_model, lambda: A(mlp().state_dict(), x()), TypeError, "model must be a torch.nn.Module"),
+    Case(detect.inspect_model, lambda: A(mlp(), x().numpy()), TypeError, "client_images must be a torch tensor"),
+    Case(detect.inspect_model, lambda: A(mlp(), x().long()), TypeError, "client_images must have a floating dtype"),
+    Case(detect.inspect_model, lambda: A(mlp(), x() * NAN), ValueError, "client_images contains NaN"),
+    Case(detect.inspect_model, lambda: A(mlp(), x()[:, :, :2]), ValueError, "was built for inputs"),
+    Case(detect.inspect_model, lambda: A(nn.Sequential(nn.Flatten(), nn.Linear(5, 3)).double(), x()), ValueError,
+         "the model cannot take client_images"),
+    Case(detect.inspect_model, lambda: A(nn.Flatten(), x()), ValueError, "no nn.Linear or nn.Conv2d layer"),
+    Case(detect.inspect_model, lambda: A(mlp(), x(), previous=[1.0]), TypeError,
+         "previous must be the last round's global model"),
+    Case(detect.separation, lambda: A(mlp(), [mlp()], x()), TypeError, "honest_models must be a list of nn.Module"),
+    Case(detect.separation, lambda: A([mlp()], [], x()), ValueError, "malicious_models is empty"),
+    Case(detect.separation, lambda: A([mlp()], [None], x()), TypeError,
+         "malicious_models[0] must be a torch.nn.Module"),
+    Case(detect.separation, lambda: A([mlp()], [mlp()], x()[:0]), ValueError, "client_images is empty"),
     Case(fl.default_attack, lambda: A(mlp(), None), TypeError, "update must be"),
     Case(fl.CuriousStrategy, lambda: A("mlp"), TypeError, "model must be"),
     Case(fl.CuriousStrategy, lambda: A(mlp(), strategy="FedAvg"), TypeError, "strategy must be a Flower Strategy"),
@@ -844,6 +880,9 @@ EXEMPT: dict[str, str] = {
     "leakutils.widgets.bias_ratio.BiasRatioDemo": "a result record built only by bias_ratio_demo",
     "leakutils.widgets.defences.DefenceDemo": "a result record built only by defence_demo",
     "leakutils.widgets.fedavg.FedAvgDemo": "a result record built only by fedavg_demo",
+    "leakutils.widgets.malicious.MaliciousDemo": "a result record built only by malicious_demo",
+    "leakutils.defences.detect.Inspection": "a result record built only by inspect_model",
+    "leakutils.defences.Inspection": "a result record built only by inspect_model",
     "leakutils.widgets.activations.PropagationDemo": "a result record built only by propagation_demo",
     "leakutils.widgets.conv.ConvDemo": "a result record built only by conv_demo",
     "leakutils.widgets.exan.ExanDemo": "a result record built only by exan_demo",

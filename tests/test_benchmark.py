@@ -104,3 +104,24 @@ def test_fedavg_benchmark_quick_prints_one_json_line_last():
     assert [r["local_steps"] for r in result["replay"]] == [1, 5, 10]
     # minibatch epochs: whatever is marked recovered is right
     assert len(result["epochs"]) == 6 and all(r["marked_below_60_db"] == 0 for r in result["epochs"])
+
+
+def test_malicious_benchmark_quick_prints_one_json_line_last(tmp_path):
+    figure = tmp_path / "malicious.png"
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "malicious.py"), "--quick", "--figure",
+                          str(figure)], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    rows = result["imprint"]
+    assert len(rows) == 2 * 2 * 2 * 2 and figure.stat().st_size > 10_000
+    for r in rows:
+        # nothing marked is wrong; float64 marks exactly the digits alone in a bin
+        assert r["marked_below_60_db"] == 0 and r["recovered"] <= r["alone"]
+        if r["dtype"] == "float64":
+            assert r["recovered_equals_alone"] and r["at_least_100_db"] == r["recovered"]
+    by = {(r["dtype"], r["sparse"], r["bins"], r["batch_size"]): r for r in rows}
+    assert by["float64", False, 1024, 64]["recovered"] > by["float64", False, 16, 64]["recovered"]
+    assert all(r["recovered_equals_alone"] and r["marked_below_60_db"] == 0 for r in result["secure_aggregation"])
+    assert all(r["marked_below_60_db"] == 0 and r["target_recovered"] == r["isolated"] for r in result["fishing"])
+    # breaching is optional: either skipped with its reason, or measured
+    assert "skipped" in result["breaching"] or len(result["breaching"]["settings"]) == 2

@@ -95,6 +95,11 @@ def test_glue_keys_are_unique_across_the_book():
 def test_glue_outside_the_book_records_the_value():
     from leakutils.book import glue, glued
     assert glue("test_key_1", 2.5) == 2.5 and glued["test_key_1"] == 2.5
+    # NumPy and torch scalars are glued as Python numbers, which the book's format specs accept
+    import numpy as np
+    import torch
+    assert type(glue("test_key_2", np.float64(0.25))) is float and type(glued["test_key_2"]) is float
+    assert type(glue("test_key_3", torch.tensor(3))) is int
     with pytest.raises(ValueError, match="letters, digits"):
         glue("bad key", 1)
 

@@ -108,7 +108,8 @@ def test_extraction_demo_complete_and_short_search():
 
 @pytest.mark.parametrize("make", [lambda: widgets.bias_ratio_panel(width=32), widgets.conv_panel,
                                   widgets.exan_panel, widgets.extraction_panel,
-                                  lambda: widgets.defence_panel(width=64), lambda: widgets.fedavg_panel(width=64)])
+                                  lambda: widgets.defence_panel(width=64), lambda: widgets.fedavg_panel(width=64),
+                                  lambda: widgets.malicious_panel(width=16)])
 def test_panel_builds(make):
     import ipywidgets  # part of the test extra
 
@@ -170,7 +171,8 @@ def test_panel_factory_wires_controls_to_demo_and_show():
 
 
 def test_package_exports_every_chapter_with_docstrings():
-    chapters = ("bias_ratio", "propagation", "conv", "exan", "inversion", "extraction", "defence", "fedavg")
+    chapters = ("bias_ratio", "propagation", "conv", "exan", "inversion", "extraction", "defence", "fedavg",
+                "malicious")
     parts = (("", "_demo"), ("show_", "_demo"), ("", "_panel"))
     names = [f"{kind}{c}{suffix}" for c in chapters for kind, suffix in parts]
     assert set(names) | {"DEMO_DATASETS", "DEMO_ACTIVATIONS"} <= set(widgets.__all__)
@@ -412,7 +414,8 @@ def test_psnr_text_reads_as_the_figures_do():
     assert psnr_text(float("inf")) == "exact" and psnr_text(318.4) == "318 dB" and psnr_text(12.34) == "12.3 dB"
 
 
-@pytest.mark.parametrize("name", ["bias_ratio_twin", "propagation_twin", "conv_twin", "defence_twin", "fedavg_twin"])
+@pytest.mark.parametrize("name", ["bias_ratio_twin", "propagation_twin", "conv_twin", "defence_twin", "fedavg_twin",
+                                  "malicious_twin"])
 def test_twins_are_exported_and_documented(name):
     doc = getattr(widgets, name).__doc__
     assert name in widgets.__all__ and all(part in doc for part in ("Parameters", "Returns", "Raises"))
@@ -459,3 +462,22 @@ def test_fedavg_twin_one_frame_per_step_count():
     assert twin.values == (1, 5) and len(set(_frames(twin))) == 2
     assert twin.results[0].recovered >= twin.results[1].recovered
     assert twin.captions[1].startswith("local steps = 5:  median")
+
+
+def test_malicious_demo_marks_the_samples_alone_in_their_bin():
+    few = widgets.malicious_demo(bins=4, batch_size=16)
+    many = widgets.malicious_demo(bins=1024, batch_size=16, sparse=True)
+    assert few.recovered <= 2 < 14 <= many.recovered and many.psnr > 200
+    # every marked image is one of the batch, and the count is the one of samples alone in a bin
+    assert many.scores.psnr.numel() == many.recovered and float(many.scores.psnr.min()) > 200
+    f32 = widgets.malicious_demo(bins=256, batch_size=16, dtype="float32")
+    assert f32.recovered >= 12 and f32.psnr > 60
+    assert abs(widgets.malicious_demo(bins=64, batch_size=16).expected - 16 * (63 / 64) ** 15) < 1e-12
+    assert isinstance(widgets.show_malicious_demo(few), matplotlib.figure.Figure)
+
+
+def test_malicious_twin_one_frame_per_bin_count():
+    twin = widgets.malicious_twin((4, 256), batch_size=8, width=16)
+    assert twin.values == (4, 256) and len(set(_frames(twin))) == 2
+    assert twin.results[0].recovered < twin.results[1].recovered
+    assert twin.captions[1].startswith("bins = 256:  ")

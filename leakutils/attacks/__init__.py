@@ -15,10 +15,12 @@
   by replaying the client's local steps (Chapter 8).
 - :mod:`leakutils.attacks.imprint`: a malicious server's imprint block and the samples alone
   in its bins (Fowl et al. 2022).
+- :mod:`leakutils.attacks.fishing`: a malicious server's fished classifier and the one
+  target-class sample of a large batch, checked against the whole update (Wen et al. 2022).
 - :mod:`leakutils.attacks.residual`: the gradient-residual check every gradient attack ends
   with, public so that any reconstruction can be checked against the update.
 """
-from . import bias_ratio, conv, dlg, exan, fedavg, forward, imprint, inverting, labels, pruned, residual
+from . import bias_ratio, conv, dlg, exan, fedavg, fishing, forward, imprint, inverting, labels, pruned, residual
 
-__all__ = ["bias_ratio", "conv", "dlg", "exan", "fedavg", "forward", "imprint", "inverting", "labels", "pruned",
-           "residual"]
+__all__ = ["bias_ratio", "conv", "dlg", "exan", "fedavg", "fishing", "forward", "imprint", "inverting", "labels",
+           "pruned", "residual"]

@@ -32,6 +32,13 @@ At the server, across clients:
   only the example-weighted average of ``K`` updates (Bonawitz et al. 2017);
   :func:`client_updates` splits a batch into ``K`` clients.
 
+Before training, against a malicious server (:mod:`~leakutils.defences.detect`):
+:func:`inspect_model` checks the model a client receives for parallel rows with biases at
+the client's data quantiles (the imprint block, Fowl et al. 2022), classes that receive no
+softmax mass (fishing, Wen et al. 2022) and a large change from the previous round;
+:func:`~leakutils.defences.detect.separation` measures its scores over honest and
+malicious models.
+
 On a classifier's outputs, against model inversion (:mod:`~leakutils.defences.output`,
 Chapter 5): :func:`~leakutils.defences.output.round_outputs` (Fredrikson et al. 2015) and
 :func:`~leakutils.defences.output.top_k` (Yang et al. 2019).
@@ -47,9 +54,10 @@ Measuring them (Chapter 7):
 - :mod:`~leakutils.defences.figures`: the attack x defence heatmap and the privacy-utility
   plane.
 """
-from . import aggregation, dp, local, output, update
+from . import aggregation, detect, dp, local, output, update
 from . import figures, matrix, registry, utility
 from .aggregation import client_updates, secure_aggregation
+from .detect import Inspection, inspect_model
 from .dp import DPReport, dp_sgd_update, epsilon
 from .local import fedavg_update, update_from_weights
 from .output import round_outputs, top_k
@@ -60,4 +68,4 @@ from .update import clip, clip_and_noise, gaussian_noise, global_norm, prune, qu
 __all__ = ["aggregation", "dp", "local", "output", "update", "registry", "matrix", "utility", "figures", "clip", "gaussian_noise", "clip_and_noise",
            "prune", "quantise", "global_norm", "secure_aggregation", "client_updates", "DPReport",
            "dp_sgd_update", "epsilon", "fedavg_update", "update_from_weights", "soteria", "feature_scores",
-           "round_outputs", "top_k"]
+           "round_outputs", "top_k", "detect", "inspect_model", "Inspection"]

@@ -18,6 +18,7 @@ module                    demo, show, panel, kernel-free twin
 ``extraction`` (Ch. 6)    :func:`extraction_demo`, :func:`show_extraction_demo`, :func:`extraction_panel`, :func:`extraction_twin`
 ``defences`` (Ch. 7)      :func:`defence_demo`, :func:`show_defence_demo`, :func:`defence_panel`, :func:`defence_twin`
 ``fedavg`` (Ch. 8)        :func:`fedavg_demo`, :func:`show_fedavg_demo`, :func:`fedavg_panel`, :func:`fedavg_twin`
+``malicious`` (Ch. 9)     :func:`malicious_demo`, :func:`show_malicious_demo`, :func:`malicious_panel`, :func:`malicious_twin`
 ========================  ===================================================================
 
 Every live panel has a kernel-free twin for the HTML book: :func:`static_panel` (module
@@ -35,6 +36,7 @@ from .conv import ConvDemo, conv_demo, conv_panel, conv_twin, show_conv_demo
 from .exan import ExanDemo, exan_demo, exan_panel, exan_twin, show_exan_demo
 from .extraction import ExtractionDemo, extraction_demo, extraction_panel, extraction_twin, show_extraction_demo
 from .fedavg import FedAvgDemo, fedavg_demo, fedavg_panel, fedavg_twin, show_fedavg_demo
+from .malicious import MaliciousDemo, malicious_demo, malicious_panel, malicious_twin, show_malicious_demo
 from .inversion import inversion_demo, inversion_panel, inversion_twin, show_inversion_demo
 from .panel import DEMO_ACTIVATIONS, DEMO_DATASETS
 from .static import StaticPanel, static_panel
@@ -47,4 +49,5 @@ __all__ = ["DEMO_DATASETS", "DEMO_ACTIVATIONS", "StaticPanel", "static_panel",
            "inversion_demo", "show_inversion_demo", "inversion_panel", "inversion_twin",
            "ExtractionDemo", "extraction_demo", "show_extraction_demo", "extraction_panel",
            "extraction_twin", "DefenceDemo", "defence_demo", "show_defence_demo", "defence_panel", "defence_twin",
-           "FedAvgDemo", "fedavg_demo", "show_fedavg_demo", "fedavg_panel", "fedavg_twin"]
+           "FedAvgDemo", "fedavg_demo", "show_fedavg_demo", "fedavg_panel", "fedavg_twin",
+           "MaliciousDemo", "malicious_demo", "show_malicious_demo", "malicious_panel", "malicious_twin"]

@@ -72,10 +72,7 @@ def _scored(rec, x) -> tuple[int, int, int]:
 
 def _alone(block, x) -> int:
     """Digits alone in a bin of the block, counted from the digits' own statistic."""
-    w = block.imprint.weight[0].detach().double()
-    if block.sparse:
-        w = w * float(block.cuts[1] - block.cuts[0])
-    which = torch.bucketize(x.double().flatten(1) @ w, block.cuts.double(), right=True) - 1
+    which = block.bin_index(x)
     inside = (which >= 0) & (which < block.bins)
     counts = torch.bincount(which[inside], minlength=block.bins)
     return int((counts[which[inside]] == 1).sum())
@@ -90,10 +87,7 @@ def _expected_with_masses(mnist, block, n: int) -> float:
     probability ``C(N - n_j, n - 1) / C(N - 1, n - 1)``, so the expected fraction is the sum
     over bins of ``n_j / N`` times that.
     """
-    w = block.imprint.weight[0].detach().double()
-    if block.sparse:
-        w = w * float(block.cuts[1] - block.cuts[0])
-    which = torch.bucketize(mnist.images[:PRIVATE].flatten(1) @ w, block.cuts.double(), right=True) - 1
+    which = block.bin_index(mnist.images[:PRIVATE])
     inside = which[(which >= 0) & (which < block.bins)]
     counts = torch.bincount(inside, minlength=block.bins).double()
     counts = counts[counts > 0]

@@ -50,9 +50,7 @@ def test_a_batch_of_eight_in_64_bins_comes_back_exactly(mnist):
 def _alone(model, x):
     """How many of the batch are alone in a bin of the block, from the statistic itself."""
     block = model[0]
-    s = x.double().flatten(1) @ (block.imprint.weight[0] * (block.cuts[1] - block.cuts[0] if block.sparse else 1)
-                                 ).detach().double()
-    which = torch.bucketize(s, block.cuts.double(), right=True) - 1
+    which = block.bin_index(x)
     inside = (which >= 0) & (which < block.bins)
     counts = torch.bincount(which[inside], minlength=block.bins)
     return int((counts[which[inside]] == 1).sum())

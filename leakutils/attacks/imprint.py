@@ -111,6 +111,7 @@ class ImprintBlock(nn.Module):
             rows, bias = measurement.expand(cuts.numel(), d), -cuts
         k = rows.shape[0]
         self.register_buffer("cuts", cuts.to(dtype))
+        self.register_buffer("measurement", measurement.to(dtype))
         self.imprint = nn.Linear(d, k, dtype=dtype)
         self.spread = nn.Linear(k, d, dtype=dtype)
         with torch.no_grad():
@@ -123,6 +124,14 @@ class ImprintBlock(nn.Module):
     def bins(self) -> int:
         """The number of bins ``k``."""
         return self.imprint.out_features
+
+    def bin_index(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` int64 the bin of each input ``(B, *input_shape)`` by its statistic, in float64.
+
+        ``0..k-1``; -1 below ``t_0`` and (sparse block) ``k`` above ``t_k``: no bin.
+        """
+        s = x.double().flatten(1) @ self.measurement.double()
+        return torch.bucketize(s, self.cuts.double(), right=True) - 1
 
     def units(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, k)`` the units' outputs for inputs ``(B, *input_shape)``."""

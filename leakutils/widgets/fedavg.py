@@ -27,8 +27,7 @@ __all__ = ["FedAvgDemo", "fedavg_demo", "show_fedavg_demo", "fedavg_panel", "fed
 #: Local steps of the kernel-free twin.
 TWIN_STEPS = (1, 2, 3, 5, 10)
 
-#: The client dtypes the demo accepts.
-DTYPES = {"float64": torch.float64, "float32": torch.float32}
+DTYPES = panel.DTYPES
 
 #: Most local steps a demo runs.
 MAX_STEPS = 50

@@ -26,8 +26,7 @@ __all__ = ["MaliciousDemo", "malicious_demo", "show_malicious_demo", "malicious_
 #: Bin counts of the kernel-free twin.
 TWIN_BINS = (4, 16, 64, 256, 1024)
 
-#: The client dtypes the demo accepts.
-DTYPES = {"float64": torch.float64, "float32": torch.float32}
+DTYPES = panel.DTYPES
 
 #: Most bins a demo builds.
 MAX_BINS = 4096

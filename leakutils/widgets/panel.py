@@ -23,12 +23,15 @@ from .. import data, models
 # the shared checks of leakutils.validate, re-exported for the demos
 from ..validate import check_bool, check_choice, check_int
 
-__all__ = ["DEMO_DATASETS", "DEMO_ACTIVATIONS", "MAX_BATCH", "MAX_WIDTH", "MAX_SEED", "Slider", "Choice", "Toggle",
+__all__ = ["DEMO_DATASETS", "DEMO_ACTIVATIONS", "DTYPES", "MAX_BATCH", "MAX_WIDTH", "MAX_SEED", "Slider", "Choice", "Toggle",
            "require_ipywidgets", "build_panel", "dataset", "relu_mlp", "check_int", "check_choice",
            "check_bool", "check_batch", "check_result"]
 
 #: Offline data sets the demos accept (see :data:`leakutils.data.OFFLINE`).
 DEMO_DATASETS = ("mnist", "lfw", "patches", "retina", "digits")
+
+#: The client dtypes the demos with a dtype control accept.
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 #: Activations the demos accept, with the parameters the course uses for each.
 DEMO_ACTIVATIONS = {

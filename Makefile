@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: all install book test unit notebooks structure format benchmark clean
+.PHONY: all install book test unit notebooks structure format benchmark student grade clean
 
 all: book
 
@@ -29,7 +29,8 @@ book: $(STAMP)
 test: book
 	$(BIN)/python -m pytest -p no:cacheprovider tests
 
-# Tests that need no built book (marker `book` deselected), about 3-4 minutes.
+# Tests that need no built book (marker `book` deselected), about 7 minutes; among them
+# tests/test_colab_path.py, which needs git and PyPI.
 unit: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider tests -m "not book"
 
@@ -41,10 +42,24 @@ notebooks: $(STAMP)
 structure: $(STAMP)
 	$(BIN)/python tools/check_book.py
 
-# Format the notebooks at the book's width (comments above code, black at 90 characters).
+# Format the notebooks at the book's width (comments above code, black at 90 characters);
+# the Colab set-up cell and the README's Colab badges follow _config.yml and the version.
 format: $(STAMP)
 	$(BIN)/python tools/notebook_setup.py
+	$(BIN)/python tools/readme_badges.py
 	$(BIN)/python tools/format_notebooks.py
+
+# The classroom kit with otter-grader: the student edition (_build/student/<chapter>/, the
+# notebook without solutions and its tests/ for grader.check), the autograder
+# (_build/autograder/<chapter>/) and _build/student.zip for a learning platform.
+student: $(STAMP)
+	$(BIN)/python tools/student.py
+
+# Grade a folder of submitted notebooks locally (otter run, no Docker) into _build/grades.csv;
+# needs `make student` first (the autograder of each chapter).
+grade: $(STAMP)
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=folder-of-notebooks"; exit 2; }
+	$(BIN)/python tools/grade.py "$(SUBMISSIONS)"
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/bias_ratio.py

@@ -18,12 +18,20 @@ Without gradients: ``inversion`` (Chapter 5, model inversion from output vectors
 in ``inversion_models``, ``inversion_features`` and ``defences.output``), ``metamodel`` and
 ``extraction`` (Chapter 6, a black box's weights from its outputs; ``flatnets``,
 ``blackbox`` and ``critical_points`` hold their parts). Shared input checks: ``validate``;
-numbers glued into a chapter's prose: ``book``.
+numbers glued into a chapter's prose: ``book``. PyTorch's thread count is chosen for the
+machine on import (``threads``; ``LEAKUTILS_THREADS=1`` on a shared teaching server).
 """
-from . import attacks, capture, data, defences, metrics, models
+import warnings as _warnings
+
+from . import attacks, capture, data, defences, metrics, models, threads
 from .capture import client_update
 from .core import Reconstruction, Update
 
 __version__ = "0.1.0"
+
+try:
+    threads.configure()
+except ValueError as _err:
+    _warnings.warn(f"{_err}; leaving PyTorch's default thread count", RuntimeWarning, stacklevel=2)
 __all__ = ["attacks", "capture", "data", "defences", "metrics", "models", "client_update", "Reconstruction", "Update",
-           "__version__"]
+           "threads", "__version__"]

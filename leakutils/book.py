@@ -7,11 +7,17 @@ JupyterLab without myst-nb) it only records the value, so the notebook runs unch
 """
 from __future__ import annotations
 
+import sys
+import time
+from dataclasses import dataclass
 from typing import Any
 
-from .validate import check_bool
+from .validate import check_bool, check_int
 
-__all__ = ["glue", "glued"]
+__all__ = ["glue", "glued", "Footprint", "footprint"]
+
+#: When this kernel imported leakutils (``time.perf_counter()``): a chapter's clock starts here.
+STARTED = time.perf_counter()
 
 #: Every value glued in this kernel, by key (also outside the book build).
 glued: dict[str, Any] = {}
@@ -63,3 +69,62 @@ def glue(name: str, value: Any, display: bool = False) -> Any:
     if _myst_glue is not None:
         _myst_glue(name, value, display=display)
     return value
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What running a chapter cost its kernel.
+
+    Attributes
+    ----------
+    seconds : float
+        Wall-clock seconds since the kernel imported leakutils (the chapter's first cells).
+    peak_mib : float or None
+        The kernel's peak resident memory in MiB (None where the operating system does not
+        report it, e.g. Windows).
+    threads : int
+        PyTorch's intra-op threads (see :mod:`leakutils.threads`).
+    """
+
+    seconds: float
+    peak_mib: float | None
+    threads: int
+
+
+def _peak_mib() -> float | None:
+    """This process's peak resident memory in MiB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def footprint(chapter: int | None = None) -> Footprint:
+    """Time and peak memory of this kernel so far; with ``chapter``, glued as ``ch<N>_seconds`` etc.
+
+    Parameters
+    ----------
+    chapter : int, optional
+        1..99: also glue ``ch<N>_seconds``, ``ch<N>_peak_mib`` and ``ch<N>_threads`` (the
+        teacher's guide cites them from every chapter).
+
+    Returns
+    -------
+    Footprint
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``chapter`` that is not an integer in 1..99.
+    """
+    import torch
+
+    result = Footprint(seconds=time.perf_counter() - STARTED, peak_mib=_peak_mib(), threads=torch.get_num_threads())
+    if chapter is not None:
+        n = check_int("chapter", chapter, 1, 99)
+        glue(f"ch{n}_seconds", round(result.seconds, 1))
+        glue(f"ch{n}_peak_mib", round(result.peak_mib) if result.peak_mib is not None else "n/a")
+        glue(f"ch{n}_threads", result.threads)
+    return result

@@ -17,7 +17,8 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 from .validate import check_number
 
-__all__ = ["detach", "psnr_text", "to_display", "show_image", "image_grid", "compare_grid", "federated_round"]
+__all__ = ["MAX_COLUMNS", "MAX_WIDTH_IN", "detach", "psnr_text", "to_display", "show_image", "image_grid", "compare_grid",
+           "federated_round"]
 
 
 def detach(fig):
@@ -117,21 +118,84 @@ def show_image(ax, image: torch.Tensor, title: str | None = None, below: str | N
 _show = show_image
 
 
+#: Most images in one row of :func:`image_grid` and :func:`compare_grid`; longer batches wrap.
+MAX_COLUMNS = 16
+
+#: Widest grid (inches): wider rows get smaller images (a page shows about this much anyway).
+MAX_WIDTH_IN = 14.0
+
+
+def _strip(images: Sequence, h: int, w: int, gap: int) -> np.ndarray:
+    """Images ``h x w`` side by side (None leaves a blank tile) as one RGBA array, transparent elsewhere."""
+    strip = np.zeros((h, len(images) * (w + gap) - gap, 4))
+    for k, im in enumerate(images):
+        if im is None:
+            continue
+        arr = to_display(im)
+        rgb = np.repeat(arr[:, :, None], 3, axis=2) if arr.ndim == 2 else arr
+        x0 = k * (w + gap)
+        strip[:, x0:x0 + w, :3] = rgb
+        strip[:, x0:x0 + w, 3] = 1.0
+    return strip
+
+
+def _tile_row(ax, images: Sequence, hw: tuple, above: Sequence | None, below: Sequence | None,
+              ylabel: str | None = None, greyed: Sequence = ()) -> None:
+    """One row of tiles drawn as a single image on ``ax``, with text above or under each tile.
+
+    One image per row, not one Axes per tile: a batch of 32 draws in a tenth of the time.
+    The texts are the x tick labels (on top for ``above``); tiles ``greyed`` get theirs in
+    grey (e.g. "(no match)").
+    """
+    h, w = hw
+    gap = max(2, w // 12)
+    ax.imshow(_strip(images, h, w, gap), interpolation="nearest", extent=(-0.5, len(images) * (w + gap) - gap - 0.5,
+                                                                    h - 0.5, -0.5))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    # the texts are tick labels, so the layout makes room for them
+    texts = above if above is not None else below
+    if texts is not None:
+        ks = [k for k in range(len(images)) if texts[k]]
+        ax.set_xticks([k * (w + gap) + (w - 1) / 2 for k in ks], [texts[k] for k in ks], fontsize=FONT)
+        on_top = above is not None
+        # a row with texts above sits low in its space, one with texts under it high
+        ax.set_anchor("S" if on_top else "N")
+        ax.tick_params(axis="x", length=0, top=on_top, labeltop=on_top, bottom=not on_top, labelbottom=not on_top)
+        for k, label in zip(ks, ax.get_xticklabels()):
+            if k in greyed:
+                label.set_color("grey")
+    if ylabel:
+        ax.set_ylabel(ylabel, fontsize=FONT)
+
+
+def _text_lines(texts: Sequence | None) -> int:
+    """Most lines among ``texts`` (0 when there are none)."""
+    return max((str(t).count("\n") + 1 for t in texts or () if t), default=0)
+
+
 def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, *, ncols: int | None = None,
                size: float = 1.5, suptitle: str | None = None):
-    """Show a batch ``(N, C, H, W)`` as a grid.
+    """Show a batch ``(N, C, H, W)`` as a grid, each row of images drawn as one picture.
 
     Parameters
     ----------
     images : torch.Tensor
-        Shape ``(N, C, H, W)`` with C = 1 or 3, values in ``[0, 1]``.
+        Shape ``(N, C, H, W)`` with C = 1 or 3, values in ``[0, 1]`` (shown clipped).
     titles : sequence of str, optional
-        One per image.
+        One per image, written above it.
     ncols : int, optional
-        Columns (default: up to 6).
+        Columns (default: up to 6; at most :data:`MAX_COLUMNS`).
     size : float
         Inches per image.
     suptitle : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One Axes per row of images; each title is a text of its row's Axes.
 
     Raises
     ------
@@ -143,15 +207,16 @@ def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, *, nco
     n = images.shape[0]
     if titles is not None and len(titles) != n:
         raise ValueError(f"got {len(titles)} titles for {n} images")
-    ncols = ncols or min(n, 6)
+    ncols = min(ncols or min(n, 6), MAX_COLUMNS)
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, (size + 0.35) * nrows + (0.4 if suptitle else 0)),
+    size = min(size, MAX_WIDTH_IN / ncols)
+    text_h = 0.24 * _text_lines(titles)
+    fig, axes = plt.subplots(nrows, 1, figsize=(size * ncols, (size + text_h + 0.1) * nrows + (0.4 if suptitle else 0)),
                              squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        if k < n:
-            show_image(ax, images[k], titles[k] if titles else None)
-        else:
-            ax.axis("off")
+    for r in range(nrows):
+        idx = range(r * ncols, (r + 1) * ncols)
+        tiles = [images[k] if k < n else None for k in idx]
+        _tile_row(axes[r, 0], tiles, images.shape[-2:], [titles[k] if titles and k < n else None for k in idx], None)
     if suptitle:
         fig.suptitle(suptitle, fontsize=FONT + 1)
     fig.tight_layout()
@@ -161,6 +226,9 @@ def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, *, nco
 def compare_grid(truth: torch.Tensor, reconstructed: torch.Tensor, scores=None, *,
                  labels: Sequence[str] | None = None, size: float = 1.4, suptitle: str | None = None):
     """Originals (top row) above their reconstructions (bottom row), scores under each.
+
+    A batch of more than :data:`MAX_COLUMNS` wraps into further pairs of rows; each row of
+    images is drawn as one picture (one Axes per row, labelled "original" or "rebuilt").
 
     Parameters
     ----------
@@ -178,6 +246,10 @@ def compare_grid(truth: torch.Tensor, reconstructed: torch.Tensor, scores=None, 
     size : float
         Inches per image.
     suptitle : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
 
     Raises
     ------
@@ -199,27 +271,31 @@ def compare_grid(truth: torch.Tensor, reconstructed: torch.Tensor, scores=None, 
         if rec.shape[0] != n:
             raise ValueError("without scores, truth and reconstruction need the same batch size")
         pairs = {i: (i, None) for i in range(n)}
-    fig, axes = plt.subplots(2, n, figsize=(size * max(n, 2) + 0.4, 2 * size + 1.0 + (0.4 if suptitle else 0)),
-                             squeeze=False)
+    under, shown = [], []
     for i in range(n):
-        show_image(axes[0, i], truth[i], labels[i] if labels is not None else None)
-        if i in pairs:
-            r, k = pairs[i]
-            below = None
-            if k is not None:
-                p = float(scores.psnr[k])
-                below = psnr_text(p)
-                if scores.ssim.numel():
-                    below += f"\nSSIM {float(scores.ssim[k]):.2f}"
-            show_image(axes[1, i], rec[r], below=below)
+        r, k = pairs.get(i, (None, None))
+        shown.append(rec[r] if r is not None else None)
+        if r is None:
+            under.append("(no match)")
+        elif k is None:
+            under.append(None)
         else:
-            axes[1, i].set_xticks([])
-            axes[1, i].set_yticks([])
-            for spine in axes[1, i].spines.values():
-                spine.set_visible(False)
-            axes[1, i].set_xlabel("(no match)", fontsize=FONT, color="grey")
-    axes[0, 0].set_ylabel("original", fontsize=FONT)
-    axes[1, 0].set_ylabel("rebuilt", fontsize=FONT)
+            text = psnr_text(float(scores.psnr[k]))
+            under.append(text + (f"\nSSIM {float(scores.ssim[k]):.2f}" if scores.ssim.numel() else ""))
+    ncols = min(n, MAX_COLUMNS)
+    chunks = math.ceil(n / ncols)
+    size = min(size, (MAX_WIDTH_IN - 0.4) / max(ncols, 2))
+    top_h, low_h = 0.24 * _text_lines(labels), 0.24 * _text_lines(under)
+    fig, axes = plt.subplots(2 * chunks, 1, squeeze=False, figsize=(
+        size * max(ncols, 2) + 0.4, chunks * (2 * size + top_h + low_h + 0.2) + (0.4 if suptitle else 0)))
+    for c in range(chunks):
+        idx = range(c * ncols, (c + 1) * ncols)
+        top = [labels[i] if labels is not None and i < n else None for i in idx]
+        hw = tuple(truth.shape[-2:])
+        _tile_row(axes[2 * c, 0], [truth[i] if i < n else None for i in idx], hw, top, None, "original")
+        greyed = [k for k, i in enumerate(idx) if i < n and shown[i] is None]
+        _tile_row(axes[2 * c + 1, 0], [shown[i] if i < n else None for i in idx], hw, None,
+                  [under[i] if i < n else None for i in idx], "rebuilt", greyed=greyed)
     if suptitle:
         fig.suptitle(suptitle, fontsize=FONT + 1)
     fig.tight_layout()

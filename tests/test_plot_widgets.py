@@ -1,4 +1,5 @@
 import matplotlib.figure
+import numpy as np
 import pytest
 import torch
 
@@ -18,7 +19,13 @@ def test_to_display_shapes():
 
 def test_image_grid_and_errors(mnist):
     fig = plot.image_grid(mnist.images[:5], [str(i) for i in range(5)], ncols=3, suptitle="s")
-    assert isinstance(fig, matplotlib.figure.Figure) and len(fig.axes) == 6
+    # one Axes per row of images, each row one picture, the titles as tick labels above it
+    assert isinstance(fig, matplotlib.figure.Figure) and len(fig.axes) == 2
+    assert [len(ax.images) for ax in fig.axes] == [1, 1]
+    assert [[t.get_text() for t in ax.get_xticklabels()] for ax in fig.axes] == [["0", "1", "2"], ["3", "4"]]
+    assert fig.axes[1].images[0].get_array().shape[:2] == (28, 3 * 28 + 2 * 2)
+    wide = plot.image_grid(torch.rand(40, 1, 6, 6), ncols=40)
+    assert len(wide.axes) == 3, "rows wrap at MAX_COLUMNS images"
     with pytest.raises(ValueError, match="titles"):
         plot.image_grid(mnist.images[:2], ["a"])
     with pytest.raises(ValueError, match="non-empty"):
@@ -30,11 +37,18 @@ def test_compare_grid_puts_scores_in_titles(mnist):
     rec = truth.flip(0) + 0.01
     scores = metrics.compare(rec, truth)
     fig = plot.compare_grid(truth, rec, scores, labels=["a", "b", "c"])
-    below = [ax.get_xlabel() for ax in fig.axes]
-    assert sum("40.0 dB" in t for t in below) == 3 and "a" in [ax.get_title() for ax in fig.axes]
-    assert fig.axes[0].get_ylabel() == "original" and fig.axes[3].get_ylabel() == "rebuilt"
+    top, low = ([t.get_text() for t in ax.get_xticklabels()] for ax in fig.axes)
+    assert sum("40.0 dB" in t for t in low) == 3 and top == ["a", "b", "c"]
+    assert fig.axes[0].get_ylabel() == "original" and fig.axes[1].get_ylabel() == "rebuilt"
+    # the reconstruction under each original is the one the scores pair with it (flipped here)
+    row = fig.axes[1].images[0].get_array()
+    assert np.allclose(row[:, :28, 0], np.clip(rec[int(scores.rec_idx[list(scores.true_idx).index(0)]), 0], 0, 1))
     partial = plot.compare_grid(truth, truth[1:2], metrics.compare(truth[1:2], truth))
-    assert [ax.get_xlabel() for ax in partial.axes[3:]].count("(no match)") == 2
+    labels = partial.axes[1].get_xticklabels()
+    assert [t.get_text() for t in labels].count("(no match)") == 2
+    assert [t.get_color() for t in labels if t.get_text() == "(no match)"] == ["grey", "grey"]
+    batch = torch.rand(20, 1, 6, 6)
+    assert len(plot.compare_grid(batch, batch).axes) == 4, "wraps at MAX_COLUMNS"
     with pytest.raises(ValueError, match="same image shape"):
         plot.compare_grid(truth, torch.rand(3, 1, 5, 5))
     with pytest.raises(ValueError, match="labels"):

@@ -136,6 +136,7 @@ def bias_ratio_panel(width: int = 256):
         A ``width`` that is not an integer in 1..8192.
     """
     width = panel.check_int("width", width, 1, panel.MAX_WIDTH)
+    panel.preload()
     controls = {
         "dataset": panel.Choice(panel.DEMO_DATASETS, "mnist", "data set"),
         "index": panel.Slider(0, 0, 99, "image"),

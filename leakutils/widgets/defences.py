@@ -27,6 +27,9 @@ from .static import FRAME_DPI, StaticPanel, check_values, static_panel
 __all__ = ["SETTINGS", "TWIN_SETTINGS", "DefenceDemo", "defence_demo", "show_defence_demo", "defence_panel",
            "defence_twin"]
 
+#: The text of the panel's run button: its demo can take seconds, so it runs on request.
+RUN = "Run the attack"
+
 #: The panel's settings, weakest first within each defence: label -> (defence, strength).
 #: Strengths: relative noise std (fraction of the update's largest entry), DP-SGD noise
 #: multiplier (clipping norm C = 1), fraction pruned, quantisation scheme, clients K under
@@ -234,7 +237,8 @@ def show_defence_demo(result: DefenceDemo):
 def defence_panel(width: int = 1024):
     """A live panel: choose the defence and its strength, the data set and the image.
 
-    Returns an ``ipywidgets.VBox`` that re-runs :func:`defence_demo` on every change.
+    Returns an ``ipywidgets.VBox`` that re-runs :func:`defence_demo` when its button is
+    pressed (DP-SGD's accountant and ExAN under secure aggregation take seconds).
 
     Raises
     ------
@@ -244,12 +248,13 @@ def defence_panel(width: int = 1024):
         A ``width`` that is not an integer in 16..4096.
     """
     width = panel.check_int("width", width, *DEFENCE_WIDTHS)
+    panel.preload()
     controls = {
         "setting": panel.Choice(tuple(SETTINGS), "none", "defence"),
         "dataset": panel.Choice(panel.DEMO_DATASETS, "mnist", "data set"),
         "index": panel.Slider(0, 0, 99, "image"),
     }
-    return panel.build_panel(defence_demo, show_defence_demo, controls, width=width)
+    return panel.build_panel(defence_demo, show_defence_demo, controls, width=width, run_button=RUN)
 
 
 def _twin_caption(result: DefenceDemo) -> str:

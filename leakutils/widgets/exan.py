@@ -22,6 +22,9 @@ from .static import FRAME_DPI, StaticPanel, check_values, static_panel
 
 __all__ = ["ExanDemo", "exan_demo", "show_exan_demo", "exan_panel", "exan_twin"]
 
+#: The text of the panel's run button: its demo can take seconds, so it runs on request.
+RUN = "Run the attack"
+
 #: Hidden widths the Chapter 4 demo accepts.
 EXAN_WIDTHS = (16, panel.MAX_WIDTH)
 
@@ -194,7 +197,8 @@ def show_exan_demo(result: ExanDemo, max_images: int = 16):
 def exan_panel():
     """A live panel: batch size and width sliders; see ExAN counts, what is recovered, the images.
 
-    Returns an ``ipywidgets.VBox`` that re-runs :func:`exan_demo` on every change. The
+    Returns an ``ipywidgets.VBox`` that re-runs :func:`exan_demo` when its button is pressed
+    (a batch of 64 through 4,096 units of a colour image takes seconds). The
     "10 logits" toggle gives the head :data:`WIDE_HEAD` logits instead of the data set's own
     classes (LFW: 2, which the attack refuses, with the reason shown).
 
@@ -203,6 +207,7 @@ def exan_panel():
     ImportError
         When ``ipywidgets`` is not installed (``pip install ipywidgets``).
     """
+    panel.preload()
     controls = {
         "batch_size": panel.Slider(8, 1, 64, "batch size"),
         "width": panel.Choice([64, 128, 256, 512, 1024, 2048, 4096], 1024, "width"),
@@ -210,7 +215,7 @@ def exan_panel():
         "peel": panel.Toggle(True, "peeling"),
         "wide_head": panel.Toggle(False, "10 logits"),
     }
-    return panel.build_panel(_panel_demo, show_exan_demo, controls, rows=(2, None))
+    return panel.build_panel(_panel_demo, show_exan_demo, controls, rows=(2, None), run_button=RUN)
 
 
 def _panel_demo(wide_head: bool = False, **values) -> ExanDemo:

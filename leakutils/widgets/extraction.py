@@ -14,6 +14,9 @@ from .static import FRAME_DPI, StaticPanel, check_values, static_panel
 
 __all__ = ["ExtractionDemo", "extraction_demo", "show_extraction_demo", "extraction_panel", "extraction_twin"]
 
+#: The text of the panel's run button: its demo can take seconds, so it runs on request.
+RUN = "Run the attack"
+
 #: Limits of the Chapter 6 demo: hidden width and random search lines.
 EXTRACTION_LIMITS = {"width": (2, 128), "lines": (1, 12)}
 
@@ -149,7 +152,8 @@ def show_extraction_demo(result: ExtractionDemo):
 def extraction_panel():
     """A live panel: hidden width and number of search lines; see queries, units found, weight error.
 
-    Returns an ``ipywidgets.VBox`` that re-runs :func:`extraction_demo` on every change.
+    Returns an ``ipywidgets.VBox`` that re-runs :func:`extraction_demo` when its button is
+    pressed (thousands of queries take seconds).
 
     Raises
     ------
@@ -160,7 +164,7 @@ def extraction_panel():
         "width": panel.Choice([4, 8, 16, 32, 64, 128], 16, "width"),
         "lines": panel.Slider(4, 1, 12, "lines"),
     }
-    return panel.build_panel(extraction_demo, show_extraction_demo, controls)
+    return panel.build_panel(extraction_demo, show_extraction_demo, controls, run_button=RUN)
 
 
 def _twin_caption(result: ExtractionDemo) -> str:

@@ -23,6 +23,9 @@ from .static import FRAME_DPI, StaticPanel, check_values, static_panel
 
 __all__ = ["MaliciousDemo", "malicious_demo", "show_malicious_demo", "malicious_panel", "malicious_twin"]
 
+#: Samples a figure of the panel draws (the first of the batch); the title counts them all.
+SHOWN = 16
+
 #: Bin counts of the kernel-free twin.
 TWIN_BINS = (4, 16, 64, 256, 1024)
 
@@ -137,17 +140,28 @@ def _status(result: MaliciousDemo) -> str:
     return f"{result.recovered} of {m} recovered (expected alone {result.expected:.1f})"
 
 
-def show_malicious_demo(result: MaliciousDemo):
+def show_malicious_demo(result: MaliciousDemo, max_images: int = SHOWN):
     """Plot a :class:`MaliciousDemo`: the batch on top, each marked image under its match.
 
-    Returns a ``matplotlib.figure.Figure``; raises TypeError for anything but a MaliciousDemo.
+    Only the first ``max_images`` (>= 1, default :data:`SHOWN`) samples of the batch are
+    drawn; the title counts the whole batch.
+
+    Returns a ``matplotlib.figure.Figure``; raises TypeError for anything but a
+    MaliciousDemo, TypeError or ValueError for a ``max_images`` that is not a positive integer.
     """
     panel.check_result(result, MaliciousDemo, "malicious_demo")
+    n = min(panel.check_int("max_images", max_images, 1), result.images.shape[0])
     block = "sparse" if result.sparse else "cumulative"
     title = f"{result.dtype}, {block} block of {result.bins} bins: {_status(result)}"
+    if n < result.images.shape[0]:
+        title += f"; the first {n} shown"
     sure = result.reconstruction.determined.flatten(1).all(dim=1)
-    names = [result.classes[int(c)] for c in result.labels]
-    return plot.compare_grid(result.images, result.reconstruction.images[sure], result.scores, labels=names,
+    names = [result.classes[int(c)] for c in result.labels[:n]]
+    s = result.scores
+    keep = [k for k, t in enumerate(s.true_idx) if t < n]
+    shown = metrics.Scores(mse=s.mse[keep], psnr=s.psnr[keep], ssim=s.ssim[keep], rec_idx=s.rec_idx[keep],
+                           true_idx=s.true_idx[keep])
+    return plot.compare_grid(result.images[:n], result.reconstruction.images[sure], shown, labels=names,
                              suptitle=title, size=1.0)
 
 

@@ -24,7 +24,7 @@ from .. import data, models
 from ..validate import check_bool, check_choice, check_int
 
 __all__ = ["DEMO_DATASETS", "DEMO_ACTIVATIONS", "DTYPES", "MAX_BATCH", "MAX_WIDTH", "MAX_SEED", "Slider", "Choice", "Toggle",
-           "require_ipywidgets", "build_panel", "dataset", "relu_mlp", "check_int", "check_choice",
+           "require_ipywidgets", "build_panel", "dataset", "preload", "relu_mlp", "check_int", "check_choice",
            "check_bool", "check_batch", "check_result"]
 
 #: Offline data sets the demos accept (see :data:`leakutils.data.OFFLINE`).
@@ -97,9 +97,10 @@ def require_ipywidgets():
 
 
 def _make_control(W, spec):
-    """The ipywidget of one control description."""
+    """The ipywidget of one control description (a slider answers when it is released)."""
     if isinstance(spec, Slider):
-        return W.IntSlider(value=spec.value, min=spec.lo, max=spec.hi, step=spec.step, description=spec.label)
+        return W.IntSlider(value=spec.value, min=spec.lo, max=spec.hi, step=spec.step, description=spec.label,
+                           continuous_update=False)
     if isinstance(spec, Choice):
         return W.Dropdown(options=list(spec.options), value=spec.value, description=spec.label)
     if isinstance(spec, Toggle):
@@ -107,8 +108,13 @@ def _make_control(W, spec):
     raise TypeError(f"a control must be a Slider, Choice or Toggle, got {type(spec).__name__}")
 
 
-def build_panel(demo: Callable, show: Callable, controls: dict, *, rows: Sequence = (None,), **fixed):
+def build_panel(demo: Callable, show: Callable, controls: dict, *, rows: Sequence = (None,),
+                run_button: str | None = None, **fixed):
     """A live panel that redraws ``show(demo(**values, **fixed))`` whenever a control changes.
+
+    A setting that fails does not leave an empty output: the error's type and message are
+    shown as text in the panel (and kept in the returned box's ``error`` attribute, None
+    after a successful redraw).
 
     Parameters
     ----------
@@ -118,16 +124,20 @@ def build_panel(demo: Callable, show: Callable, controls: dict, *, rows: Sequenc
     show : callable
         Draws what ``demo`` returns (a matplotlib figure).
     controls : dict
-        Argument name to :class:`Slider`, :class:`Choice` or :class:`Toggle`.
+        Argument name to :class:`Slider`, :class:`Choice` or :class:`Toggle`. Sliders answer
+        when released, not at every value they pass.
     rows : sequence of int or None
         Controls per row, in order; ``None`` takes the rest. Default: one row.
+    run_button : str, optional
+        For a demo that can take seconds: the text of a button that runs it. Changing a
+        control then only says that the figure is out of date.
     **fixed
         Keyword arguments passed to ``demo`` unchanged on every call.
 
     Returns
     -------
     ipywidgets.VBox
-        The rows of controls above the figure's output area.
+        The rows of controls (and the run button) above the figure's output area, its last child.
 
     Raises
     ------
@@ -144,14 +154,7 @@ def build_panel(demo: Callable, show: Callable, controls: dict, *, rows: Sequenc
     if not isinstance(controls, dict) or not controls:
         raise ValueError("controls must be a non-empty dict of argument name to Slider, Choice or Toggle")
     W = require_ipywidgets()
-    from IPython.display import display
-
     widgets = {name: _make_control(W, spec) for name, spec in controls.items()}
-
-    def draw(**values):
-        # show() returns a figure pyplot no longer tracks (leakutils.plot.detach): display it once
-        display(show(demo(**values, **fixed)))
-
     items, boxes, start = list(widgets.values()), [], 0
     for n in rows:
         stop = len(items) if n is None else start + n
@@ -159,7 +162,46 @@ def build_panel(demo: Callable, show: Callable, controls: dict, *, rows: Sequenc
         start = stop
     if start != len(items):
         raise ValueError(f"rows {tuple(rows)} place {start} of {len(items)} controls; end them with None")
-    return W.VBox(boxes + [W.interactive_output(draw, widgets)])
+    out, note = W.Output(), W.HTML()
+    if run_button is not None:
+        button = W.Button(description=str(run_button), button_style="primary")
+        boxes.append(W.HBox([button, note]))
+    box = W.VBox(boxes + [out])
+    box.error = None
+
+    def draw(*_):
+        values = {name: w.value for name, w in widgets.items()}
+        note.value = "<i>running...</i>" if run_button is not None else ""
+        with out:
+            out.clear_output(wait=True)
+            box.error = _draw(demo, show, values, fixed)
+        note.value = ""
+
+    def stale(_):
+        note.value = "<i>settings changed: press the button to run them</i>"
+
+    for w in widgets.values():
+        w.observe(draw if run_button is None else stale, names="value")
+    if run_button is not None:
+        button.on_click(draw)
+    draw()
+    return box
+
+
+def _draw(demo: Callable, show: Callable, values: dict, fixed: dict) -> str | None:
+    """Display ``show(demo(...))``; on failure print the error as text and return it."""
+    from IPython.display import display
+
+    try:
+        figure = show(demo(**values, **fixed))
+    except Exception as err:  # noqa: BLE001 - a panel shows every failure to its reader
+        message = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        settings = ", ".join(f"{k} = {v!r}" for k, v in values.items())
+        print(f"These settings ({settings}) did not run.\n{message}")
+        return message
+    # show() returns a figure pyplot no longer tracks (leakutils.plot.detach): display it once
+    display(figure)
+    return None
 
 
 # --------------------------------------------------------------------------- shared data and models
@@ -176,6 +218,13 @@ def dataset(name: str) -> data.ImageData:
         ``name`` is not one of :data:`DEMO_DATASETS`.
     """
     return _load(check_choice("dataset", name, DEMO_DATASETS))
+
+
+def preload() -> None:
+    """Load every data set of :data:`DEMO_DATASETS` now (a few seconds once per session), so a
+    panel's data-set control answers without loading one."""
+    for name in DEMO_DATASETS:
+        _load(name)
 
 
 @lru_cache(maxsize=len(DEMO_DATASETS))

@@ -91,11 +91,15 @@ def verified_top(groups, live, g: Grads, rtol):
     units, cand = bias_ratios(g.G[T], g.Gb[T], torch.nonzero(live & ~grouped).flatten(), rtol)
     if units.numel() == 0:
         return groups
-    h = torch.relu(cand @ g.W[T].T + g.b[T])  # (n, N_T): the layer's output for each candidate input
-    z = h @ g.W[T + 1].T + (g.b[T + 1] if g.b[T + 1] is not None else 0.0)
     col = unit_rows(g.G[T + 1][:, units].T)[0]  # (n, K)
     neg = col < 0
+    # one sample's column has one negative entry (its label): only those are run forward
     one = neg.sum(1) == 1
+    units, cand, col, neg = units[one], cand[one], col[one], neg[one]
+    if units.numel() == 0:
+        return groups
+    h = torch.relu(cand @ g.W[T].T + g.b[T])  # (n, N_T): the layer's output for each candidate input
+    z = h @ g.W[T + 1].T + (g.b[T + 1] if g.b[T + 1] is not None else 0.0)
     label = torch.argmax(neg.to(torch.int64), 1)
     lv = loss_vectors(z, label)
     rows = torch.arange(units.numel())
@@ -106,7 +110,7 @@ def verified_top(groups, live, g: Grads, rtol):
     safe = delta.abs() > 0
     rhs = h[rows, units][:, None] * lv / torch.where(safe, delta, torch.ones_like(delta))[:, None]
     sized = safe & (torch.linalg.vector_norm(lhs - rhs, dim=1) <= rtol * torch.linalg.vector_norm(lhs, dim=1))
-    ok = one & close & sized & (h[rows, units] > 0)
+    ok = close & sized & (h[rows, units] > 0)
     units, cand = units[ok], cand[ok]
     if units.numel() == 0:
         return groups

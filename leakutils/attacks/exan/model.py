@@ -68,9 +68,16 @@ class Grads:
         """The output layer's weight gradient ``(K, N_H)``."""
         return self.G[-1]
 
-    def rows(self, h: int) -> torch.Tensor:
-        """Layer ``h``'s weight-gradient rows with the bias gradient appended, ``(N_h, D_h [+ 1])``."""
-        return self.G[h] if self.Gb[h] is None else torch.cat([self.G[h], self.Gb[h][:, None]], 1)
+    def rows(self, h: int, units: torch.Tensor | None = None) -> torch.Tensor:
+        """Layer ``h``'s weight-gradient rows with the bias gradient appended, ``(N_h, D_h [+ 1])``.
+
+        With ``units`` (indices), only those rows, without copying the whole layer first.
+        """
+        G = self.G[h] if units is None else self.G[h][units]
+        if self.Gb[h] is None:
+            return G
+        Gb = self.Gb[h] if units is None else self.Gb[h][units]
+        return torch.cat([G, Gb[:, None]], 1)
 
     def with_gradients(self, G: list, Gb: list) -> "Grads":
         """The same weights with other gradients (a remainder)."""

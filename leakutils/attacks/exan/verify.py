@@ -68,7 +68,7 @@ class _Samples:
                     yield H, units, True
 
     def shared(self, h: int, units, column: bool) -> torch.Tensor:
-        return self.g.out[:, units] if column else self.g.rows(h)[units]
+        return self.g.out[:, units] if column else self.g.rows(h, units)
 
     def summed(self, T: Terms, w: torch.Tensor, h: int, units, column: bool) -> torch.Tensor:
         """``sum_r w_r`` of the samples' gradient block (rows of ``units`` in layer h, or output columns)."""

@@ -125,6 +125,7 @@ def footprint(chapter: int | None = None) -> Footprint:
     if chapter is not None:
         n = check_int("chapter", chapter, 1, 99)
         glue(f"ch{n}_seconds", round(result.seconds, 1))
-        glue(f"ch{n}_peak_mib", round(result.peak_mib) if result.peak_mib is not None else "n/a")
+        # NaN where the system does not report it: the prose formats every value as a number
+        glue(f"ch{n}_peak_mib", round(result.peak_mib) if result.peak_mib is not None else float("nan"))
         glue(f"ch{n}_threads", result.threads)
     return result

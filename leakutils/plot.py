@@ -236,8 +236,9 @@ def compare_grid(truth: torch.Tensor, reconstructed: torch.Tensor, scores=None, 
         Shape ``(N, C, H, W)``.
     reconstructed : torch.Tensor or Reconstruction
         Shape ``(R, C, H, W)``. When ``scores`` is given, its pairing (``rec_idx``,
-        ``true_idx``) decides which reconstruction sits under which original; otherwise
-        they are paired in order.
+        ``true_idx``) decides which reconstruction sits under which original (pairs of
+        originals beyond N, e.g. of a batch drawn in part, are skipped); otherwise they are
+        paired in order.
     scores : leakutils.metrics.Scores, optional
         PSNR (dB) and SSIM are written under each reconstruction; an original without a
         reconstruction (a batch attacked for one image) says "(no match)".

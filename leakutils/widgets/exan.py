@@ -188,10 +188,8 @@ def show_exan_demo(result: ExanDemo, max_images: int = 16):
         fig = plot.image_grid(result.images[:n], titles)
         fig.suptitle(head + " (nothing recovered)", fontsize=plot.FONT)
         return fig
-    keep = [k for k, t in enumerate(result.scores.true_idx) if t < n]
-    sub = metrics.Scores(mse=result.scores.mse[keep], psnr=result.scores.psnr[keep], ssim=result.scores.ssim[keep],
-                         rec_idx=result.scores.rec_idx[keep], true_idx=result.scores.true_idx[keep])
-    return plot.compare_grid(result.images[:n], rec, sub, labels=titles, size=1.1, suptitle=head)
+    # compare_grid draws the pairs of the originals it is given and skips the others
+    return plot.compare_grid(result.images[:n], rec, result.scores, labels=titles, size=1.1, suptitle=head)
 
 
 def exan_panel():

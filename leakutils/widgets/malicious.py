@@ -157,11 +157,8 @@ def show_malicious_demo(result: MaliciousDemo, max_images: int = SHOWN):
         title += f"; the first {n} shown"
     sure = result.reconstruction.determined.flatten(1).all(dim=1)
     names = [result.classes[int(c)] for c in result.labels[:n]]
-    s = result.scores
-    keep = [k for k, t in enumerate(s.true_idx) if t < n]
-    shown = metrics.Scores(mse=s.mse[keep], psnr=s.psnr[keep], ssim=s.ssim[keep], rec_idx=s.rec_idx[keep],
-                           true_idx=s.true_idx[keep])
-    return plot.compare_grid(result.images[:n], result.reconstruction.images[sure], shown, labels=names,
+    # compare_grid draws the pairs of the originals it is given and skips the others
+    return plot.compare_grid(result.images[:n], result.reconstruction.images[sure], result.scores, labels=names,
                              suptitle=title, size=1.0)
 
 

@@ -27,7 +27,7 @@ book: $(STAMP)
 # 2. pytest over tests/: unit tests, the tests of the executed notebooks and of the built
 #    HTML (marker `book`), among them the offline browser test (tests/test_browser.py).
 test: book
-	$(BIN)/python -m pytest -p no:cacheprovider tests
+	$(BIN)/python -m pytest -p no:cacheprovider --durations=15 tests
 
 # Tests that need no built book (marker `book` deselected), about 7 minutes; among them
 # tests/test_colab_path.py, which needs git and PyPI.

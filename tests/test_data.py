@@ -135,3 +135,40 @@ def test_mnist_is_mlxtends_file_parsed_as_bytes():
     ds = data.load("mnist", dtype=torch.float64)
     assert torch.equal(ds.images, torch.from_numpy(x[order].reshape(-1, 1, 28, 28) / 255.0))
     assert torch.equal(ds.labels, torch.from_numpy(y[order].astype(np.int64)))
+
+
+def test_digits_is_scikit_learns_file_read_without_importing_it():
+    """The digits read from scikit-learn's file are exactly load_digits()'s, and loading them
+    does not import scikit-learn (which costs a second and tens of MiB)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    data._digits.cache_clear()
+    ds = data.load("digits", dtype=torch.float64)
+    assert torch.equal(ds.images, torch.from_numpy(d.images[:, None] / 16.0))
+    assert torch.equal(ds.labels, torch.from_numpy(d.target.astype(np.int64)))
+    code = ("import sys, torch; from leakutils import data; data.load('digits'); "
+            "print('sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr
+
+
+def test_photographs_resized_in_float32_stay_within_1e_7_of_float64():
+    """Patches and retina tiles are resized in float32 to halve the temporary memory; they are
+    stored as float64 and differ from a float64 resize by less than 1e-6."""
+    import numpy as np
+    from skimage.data import retina
+    from skimage.transform import resize
+
+    ds = data.load("retina", dtype=torch.float64)
+    img = resize(np.asarray(retina(), dtype=np.float64) / 255.0, (data._RETINA_SIDE,) * 2 + (3,),
+                 anti_aliasing=True)
+    tiles = data._tiles(img, data._PATCH)
+    inside = (tiles.mean(axis=1) > 0.08).mean(axis=(1, 2)) >= data._RETINA_MIN_INSIDE
+    assert ds.images.dtype == torch.float64 and ds.images.shape[0] == int(inside.sum())
+    diff = (ds.images - torch.from_numpy(np.clip(tiles[inside], 0.0, 1.0))).abs().max().item()
+    assert diff < 1e-6, diff

@@ -15,7 +15,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Chapters whose every assertion has a message.
-WITH_MESSAGES = ("01_bias_ratio", "02_activations", "09_malicious")
+WITH_MESSAGES = ("01_bias_ratio", "02_activations", "03_conv_linear_systems", "04_exan",
+                 "05_inversion", "06_extraction", "07_defences", "08_flower", "09_malicious")
 
 
 def bare_asserts(path: Path) -> list[str]:

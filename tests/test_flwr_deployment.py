@@ -130,8 +130,11 @@ def deployment(tmp_path):
     (home / "config.toml").write_text(
         '[superlink]\ndefault = "local-deployment"\n\n'
         f'[superlink.local-deployment]\naddress = "127.0.0.1:{link}"\ninsecure = true\n')
+    # the SuperLink and SuperNodes start Flower's other commands (flower-superexec) by name:
+    # the test environment's bin folder comes first on PATH even when it is not activated
     env = dict(os.environ, FLWR_HOME=str(home), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
-               MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
+               MPLBACKEND="Agg", PYTHONUNBUFFERED="1",
+               PATH=os.pathsep.join([str(BIN), os.environ.get("PATH", "")]))
     dep = Deployment(tmp_path, env)
     try:
         dep.start("superlink", "flower-superlink", "--insecure", "--port", str(link),
